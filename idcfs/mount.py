@@ -1,0 +1,106 @@
+"""Mount lifecycle: check the mountpoint, run pyfuse3 on trio, unmount on signals."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+log = logging.getLogger(__name__)
+
+
+class MountError(ValueError):
+    """The mountpoint cannot be used: the message says why."""
+
+
+def is_stale(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def fusermount_unmount(path: Path, lazy: bool = False) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def check_mountpoint(path: Path) -> Path:
+    """Refuse missing, non-directory, busy or non-empty mountpoints; clean up stale ones."""
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    if is_stale(path):
+        log.info("cleaning up stale mount at %s", path)
+        fusermount_unmount(path, lazy=True)
+        if is_stale(path):
+            raise MountError(
+                f"mountpoint {path} is a stale FUSE mount that could not be cleaned: run fusermount3 -uz {path}"
+            )
+    if not path.exists():
+        raise MountError(f"mountpoint {path} does not exist: create it with mkdir -p {path}")
+    if not path.is_dir():
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path} is already a mount point: unmount it first (idcfs unmount {path})")
+    try:
+        if any(os.scandir(path)):
+            raise MountError(f"mountpoint {path} is not empty: mount on an empty directory")
+    except PermissionError:
+        raise MountError(f"mountpoint {path} is not readable") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MountError(f"mountpoint {path} is not writable by you, so you cannot mount on it")
+    return path
+
+
+def fuse_options(allow_other: bool = False) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=idcfs", "subtype=idcfs", "ro", "noatime"}
+    if allow_other:
+        opts.add("allow_other")
+    return opts
+
+
+def serve(ops: pyfuse3.Operations, mountpoint: Path, on_ready=None, allow_other: bool = False) -> None:
+    """Mount, call on_ready(), serve until unmounted or signalled, then unmount."""
+    pyfuse3.init(ops, str(mountpoint), fuse_options(allow_other))
+    try:
+        if on_ready is not None:
+            on_ready()
+        trio.run(_main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+async def _main() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for sig in signals:
+            log.info("received signal %d, unmounting", sig)
+            pyfuse3.terminate()
+            return
+
+
+def unmount(path: Path) -> None:
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    if is_stale(path):
+        fusermount_unmount(path, lazy=True)
+        return
+    if not os.path.ismount(path):
+        raise MountError(f"{path} is not mounted")
+    r = fusermount_unmount(path)
+    if r.returncode != 0:
+        raise MountError(f"cannot unmount {path}: {r.stderr.strip() or 'busy'} (close files using it, or use --lazy)")

@@ -1,0 +1,396 @@
+"""The directory tree, built from the IDC index with duckdb.
+
+The selected series are sorted by their path components, so every directory
+is a contiguous run of rows. For each template level we keep the start row of
+every distinct prefix ("group"); a directory is then (level, group number),
+its children are a contiguous range of groups one level down, and a name is
+found by binary search. Nothing here does I/O beyond reading the parquet file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
+TEMPLATE_ATTRIBUTES = ("PatientID", "collection_id", "Modality", "StudyInstanceUID", "SeriesInstanceUID")
+TEMPLATE_SEPARATORS = ("_", "-", "/")
+
+# AWS bucket (as named in the index) -> its GCS mirror.
+GCS_MIRROR = {
+    "idc-open-data": "idc-open-data",
+    "idc-open-data-two": "idc-open-idc1",
+    "idc-open-data-cr": "idc-open-cr",
+}
+
+# Columns exposed as user.idc.* extended attributes.
+XATTR_COLUMNS = (
+    "collection_id",
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "license_short_name",
+    "source_DOI",
+    "crdc_series_uuid",
+    "series_init_idc_version",
+    "series_revised_idc_version",
+)
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_MANIFEST_URL = re.compile(rf"^(?:cp\s+)?(s3|gs)://([a-z0-9.-]+)/({_UUID})/\*?(?:\s+\S+)?$")
+_UUID_LINE = re.compile(rf"^{_UUID}$")
+_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+class SelectionError(ValueError):
+    """Bad user input for the selection: the message says what to fix."""
+
+
+# ---------------------------------------------------------------------------
+# Name escaping
+
+
+def escape_value(value: str | None) -> str:
+    """Escape one attribute value so it cannot split or escape a path.
+
+    `%`, `/` and NUL become %25, %2F, %00. Real IDC values never contain
+    them, so real paths are exactly those of `idc download`.
+    """
+    if value is None:
+        return ""
+    return value.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+
+
+def escape_component(name: str) -> str:
+    """A whole path component may not be empty, `.` or `..`."""
+    if name == "":
+        return "%"
+    if name in (".", ".."):
+        return name.replace(".", "%2E")
+    return name
+
+
+def unescape(name: str) -> str:
+    """Inverse of escape_component(escape_value(v)) for a single-value component."""
+    if name == "%":
+        return ""
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
+_SQL_ESCAPE = "replace(replace(replace(coalesce({col}, ''), '%', '%25'), '/', '%2F'), chr(0), '%00')"
+
+
+def _sql_component(expr: str) -> str:
+    return f"(CASE WHEN ({expr}) = '' THEN '%' WHEN ({expr}) IN ('.', '..') THEN replace(({expr}), '.', '%2E') ELSE ({expr}) END)"
+
+
+def parse_template(template: str) -> list[str]:
+    """Split an idc-index dirTemplate into one SQL expression per directory level."""
+    rest = template
+    for attr in TEMPLATE_ATTRIBUTES:
+        rest = rest.replace("%" + attr, "")
+    for sep in TEMPLATE_SEPARATORS:
+        rest = rest.replace(sep, "")
+    if rest or not template:
+        raise SelectionError(
+            f"bad --template {template!r}: use only %{', %'.join(TEMPLATE_ATTRIBUTES)} and the separators - _ /"
+        )
+    levels = []
+    for part in template.strip("/").split("/"):
+        if not part:
+            raise SelectionError(f"bad --template {template!r}: empty path level (two slashes in a row)")
+        pieces = []
+        for i, token in enumerate(re.split("%(" + "|".join(TEMPLATE_ATTRIBUTES) + ")", part)):
+            if i % 2:
+                pieces.append(_SQL_ESCAPE.format(col=f'"{token}"'))
+            elif token:
+                pieces.append("'" + token.replace("'", "''") + "'")
+        levels.append(_sql_component(" || ".join(pieces)))
+    return levels
+
+
+# ---------------------------------------------------------------------------
+# Selection (cohort views)
+
+
+def parse_manifest(path: Path) -> tuple[list[str], list[str]]:
+    """Return (crdc_series_uuids, SeriesInstanceUIDs) named by a manifest file.
+
+    Accepts the IDC Portal's s5cmd manifests (`cp s3://bucket/uuid/* .`), bare
+    bucket URLs, and plain lists of crdc_series_uuid or SeriesInstanceUID.
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SelectionError(f"cannot read --manifest {path}: {e}") from None
+    uuids, uids = [], []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _MANIFEST_URL.match(line)
+        if m:
+            scheme, bucket, uuid = m.groups()
+            known = GCS_MIRROR.values() if scheme == "gs" else GCS_MIRROR.keys()
+            if bucket not in known:
+                raise SelectionError(f"--manifest {path} line {n}: {scheme}://{bucket} is not an IDC bucket")
+            uuids.append(uuid.lower())
+        elif _UUID_LINE.match(line):
+            uuids.append(line.lower())
+        elif _DICOM_UID.match(line):
+            uids.append(line)
+        else:
+            raise SelectionError(
+                f"--manifest {path} line {n}: {line[:80]!r} is not an s5cmd cp line, a crdc_series_uuid or a SeriesInstanceUID"
+            )
+    if not uuids and not uids:
+        raise SelectionError(f"--manifest {path} names no series")
+    return uuids, uids
+
+
+@dataclass
+class Selection:
+    filter: str | None = None
+    collections: tuple[str, ...] = ()
+    manifest: Path | None = None
+
+
+def _validate_filter(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    probe = f"SELECT 1 FROM idx WHERE ({where})"
+    try:
+        statements = con.extract_statements(probe)
+    except duckdb.Error as e:
+        raise SelectionError(f"invalid --filter SQL: {_one_line(e)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise SelectionError("invalid --filter: it must be a single WHERE condition, e.g. \"Modality='CT'\"")
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+# ---------------------------------------------------------------------------
+# The tree
+
+
+@dataclass(frozen=True)
+class Series:
+    """What the read path needs of one series."""
+
+    row: int
+    crdc_series_uuid: str
+    aws_bucket: str
+
+
+class Namespace:
+    """Directories at `levels` depths over the sorted selection of series."""
+
+    def __init__(self, index_path: Path, template: str = DEFAULT_TEMPLATE, selection: Selection | None = None):
+        self.index_path = Path(index_path)
+        self.template = template
+        level_sql = parse_template(template)
+        self.depth = len(level_sql)
+        selection = selection or Selection()
+        self._con = duckdb.connect(":memory:", config={"threads": 2})
+        con = self._con
+        try:
+            con.execute(f"CREATE VIEW idx AS SELECT * FROM read_parquet({_sql_str(str(self.index_path))})")
+            self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
+        except duckdb.Error as e:
+            raise SelectionError(f"cannot read --index {index_path}: {_one_line(e)}") from None
+        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(self.columns)
+        if missing:
+            raise SelectionError(f"--index {index_path} is not an IDC index: missing columns {sorted(missing)}")
+        # The filter may read nothing but the index, and nothing may change the settings after this.
+        con.execute(
+            f"SET allowed_paths = [{_sql_str(str(self.index_path))}, {_sql_str(str(self.index_path.resolve()))}]"
+        )
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+
+        where, params = self._where(selection)
+        cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
+        order = ", ".join(f"c{i}" for i in range(self.depth))
+        query = f"""
+            SELECT {cols}, crdc_series_uuid, aws_bucket, instanceCount, series_size_MB
+            FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
+        try:
+            table = con.execute(query, params).arrow()
+        except duckdb.Error as e:
+            raise SelectionError(f"invalid selection: {_one_line(e)}") from None
+        if isinstance(table, pa.RecordBatchReader):
+            table = table.read_all()
+        if table.num_rows == 0:
+            raise SelectionError("the selection is empty: no series match --filter/--collection/--manifest")
+        self._build(table)
+
+    def _where(self, sel: Selection) -> tuple[str, list]:
+        con = self._con
+        clauses, params = ["TRUE"], []
+        if sel.filter is not None:
+            if not sel.filter.strip():
+                raise SelectionError("empty --filter: give a WHERE condition such as \"Modality='CT'\"")
+            _validate_filter(con, sel.filter)
+            try:
+                con.execute(f"SELECT count(*) FROM idx WHERE ({sel.filter}) LIMIT 0").fetchall()
+            except duckdb.Error as e:
+                raise SelectionError(f"invalid --filter SQL: {_one_line(e)}") from None
+            clauses.append(f"({sel.filter})")
+        if sel.collections:
+            known = {r[0] for r in con.execute("SELECT DISTINCT collection_id FROM idx").fetchall()}
+            for c in sel.collections:
+                if c not in known:
+                    raise SelectionError(
+                        f"unknown --collection {c!r}; list them with: ls MOUNTPOINT after a plain mount"
+                    )
+            clauses.append("collection_id IN (SELECT unnest(?))")
+            params.append(list(sel.collections))
+        if sel.manifest is not None:
+            uuids, uids = parse_manifest(sel.manifest)
+            found = con.execute(
+                "SELECT crdc_series_uuid, SeriesInstanceUID FROM idx "
+                "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?))",
+                [uuids, uids],
+            ).fetchall()
+            seen = {u for row in found for u in row}
+            unknown = [u for u in uuids + uids if u not in seen]
+            if unknown:
+                raise SelectionError(
+                    f"--manifest {sel.manifest}: {len(unknown)} series not in the index, first {unknown[0]}"
+                )
+            clauses.append("(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))")
+            params += [uuids, uids]
+        return " AND ".join(clauses), params
+
+    def _build(self, table: pa.Table) -> None:
+        n = table.num_rows
+        self.num_series = n
+        self._uuid = table.column("crdc_series_uuid").combine_chunks()
+        buckets = table.column("aws_bucket").combine_chunks().dictionary_encode()
+        self._bucket_names = buckets.dictionary.to_pylist()
+        self._bucket_idx = buckets.indices.to_numpy(zero_copy_only=False)
+        self._instance_count = table.column("instanceCount").to_numpy()
+        self._size_mb = table.column("series_size_MB").to_numpy()
+        # starts[d]: first row of each distinct prefix of length d+1; names[d]: its last component.
+        self.starts: list[np.ndarray] = []
+        self.names: list[pa.Array] = []
+        changed = np.zeros(n, dtype=bool)
+        changed[0] = True
+        for d in range(self.depth):
+            col = table.column(f"c{d}").combine_chunks()
+            if n > 1:
+                diff = pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+                changed[1:] |= diff
+            starts = np.flatnonzero(changed).astype(np.int64)
+            self.starts.append(starts)
+            self.names.append(col.take(pa.array(starts)))
+        # Each group's children at the next level: [child_lo[g], child_lo[g+1]).
+        self._child_lo = []
+        for d in range(self.depth - 1):
+            lo = np.searchsorted(self.starts[d + 1], self.starts[d]).astype(np.int64)
+            self._child_lo.append(np.append(lo, len(self.starts[d + 1])))
+        self._offsets = np.cumsum([0] + [len(s) for s in self.starts])
+        self.num_dirs = int(self._offsets[-1])
+
+    # -- directory ids: 0 is the root, then the groups of each level in order.
+
+    def dir_id(self, level: int, group: int) -> int:
+        return int(self._offsets[level]) + group + 1
+
+    def dir_of(self, dir_id: int) -> tuple[int, int]:
+        """(level, group) of a directory id; level -1 is the root."""
+        if dir_id == 0:
+            return -1, 0
+        k = dir_id - 1
+        level = int(np.searchsorted(self._offsets, k, side="right")) - 1
+        return level, k - int(self._offsets[level])
+
+    def is_leaf(self, dir_id: int) -> bool:
+        return self.dir_of(dir_id)[0] == self.depth - 1
+
+    def _children_range(self, level: int, group: int) -> tuple[int, int]:
+        if level == -1:
+            return 0, len(self.starts[0])
+        lo = self._child_lo[level]
+        return int(lo[group]), int(lo[group + 1])
+
+    def subdirs(self, dir_id: int, start: int = 0) -> list[tuple[str, int]]:
+        """(name, dir_id) of the subdirectories, from the start-th on."""
+        level, group = self.dir_of(dir_id)
+        if level == self.depth - 1:
+            return []
+        lo, hi = self._children_range(level, group)
+        lo = min(lo + start, hi)
+        names = self.names[level + 1].slice(lo, hi - lo).to_pylist()
+        base = self.dir_id(level + 1, lo)
+        return [(name, base + i) for i, name in enumerate(names)]
+
+    def num_subdirs(self, dir_id: int) -> int:
+        level, group = self.dir_of(dir_id)
+        if level == self.depth - 1:
+            return 0
+        lo, hi = self._children_range(level, group)
+        return hi - lo
+
+    def lookup(self, dir_id: int, name: str) -> int | None:
+        level, group = self.dir_of(dir_id)
+        if level == self.depth - 1:
+            return None
+        lo, end = self._children_range(level, group)
+        names, hi = self.names[level + 1], end
+        while lo < hi:  # names within one parent are sorted (code point order == duckdb's byte order)
+            mid = (lo + hi) // 2
+            if names[mid].as_py() < name:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < end and names[lo].as_py() == name:
+            return self.dir_id(level + 1, lo)
+        return None
+
+    def name_of(self, dir_id: int) -> str:
+        level, group = self.dir_of(dir_id)
+        return "" if level == -1 else self.names[level][group].as_py()
+
+    def series_in(self, dir_id: int) -> list[Series]:
+        """The series whose files a leaf directory holds (usually exactly one)."""
+        level, group = self.dir_of(dir_id)
+        if level != self.depth - 1:
+            return []
+        starts = self.starts[level]
+        lo = int(starts[group])
+        hi = int(starts[group + 1]) if group + 1 < len(starts) else self.num_series
+        return [Series(r, self._uuid[r].as_py(), self._bucket_names[self._bucket_idx[r]]) for r in range(lo, hi)]
+
+    @functools.cached_property
+    def idc_version(self) -> str:
+        """The IDC release of the index: the newest version any of its series was revised in."""
+        (v,) = self._con.execute("SELECT max(series_revised_idc_version) FROM idx").fetchone()
+        return "" if v is None else f"v{v}"
+
+    def series_metadata(self, crdc_series_uuid: str) -> dict[str, str]:
+        """Index columns of one series, for the user.idc.* xattrs."""
+        cols = [c for c in XATTR_COLUMNS if c in self.columns]
+        row = self._con.execute(
+            f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid]
+        ).fetchone()
+        if row is None:
+            return {}
+        meta = {c: "" if v is None else str(v) for c, v in zip(cols, row)}
+        meta["idc_version"] = self.idc_version
+        return meta
