@@ -19,12 +19,12 @@ import trio
 
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
-from .readpath import Reader
+from .readpath import OpenFile, Reader
 from .store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
-XATTR_PREFIX = "user.idc."
+XATTR_PREFIX = "user.idc."  # user.idc.stats on the root holds the mount's counters as JSON
 # Content under a crdc UUID never changes, so the kernel may cache for long.
 TIMEOUT = 3600.0
 
@@ -68,6 +68,8 @@ class IdcOperations(pyfuse3.Operations):
         self.listings = Listings(ns, store, io, first_ino=ns.num_dirs + 2)
         self.reader = Reader(store, io)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
+        self._open: dict[int, OpenFile] = {}
+        self._next_fh = 1
 
     # -- attributes
 
@@ -99,7 +101,7 @@ class IdcOperations(pyfuse3.Operations):
 
     def _dir_id(self, ino: int) -> int | None:
         d = ino - 1
-        return d if 0 <= d < self.ns.num_dirs else None
+        return d if 0 <= d <= self.ns.num_dirs else None
 
     def _file(self, ino: int) -> InstanceFile:
         f = self.listings.files.get(ino)
@@ -182,16 +184,20 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if self._dir_id(inode) is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        self._file(inode)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        self._open[fh] = OpenFile(self._file(inode))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary
     async def read(self, fh, off, size):
-        return await self.reader.read(self._file(fh), off, size)
+        of = self._open.get(fh)
+        if of is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self.reader.read(of, off, size)
 
     @_boundary
     async def release(self, fh):
-        pass
+        self._open.pop(fh, None)
 
     @_boundary
     async def flush(self, fh):
@@ -213,8 +219,20 @@ class IdcOperations(pyfuse3.Operations):
 
     # -- extended attributes: user.idc.* on leaf directories and files
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "list_requests": self.listings.list_requests,
+            "get_requests": self.reader.get_requests,
+            "bytes_fetched": self.reader.bytes_fetched,
+            "files_known": len(self.listings.files),
+        }
+
     async def _xattrs(self, inode) -> dict[str, str]:
         dir_id = self._dir_id(inode)
+        if dir_id == 0:  # control attributes of the mount itself
+            import json
+
+            return {"stats": json.dumps(self.stats())}
         if dir_id is not None:
             series = self.ns.series_in(dir_id) if self.ns.is_leaf(dir_id) else []
             if len(series) != 1:

@@ -1,0 +1,54 @@
+# Set-up on a fresh Debian/Ubuntu machine: `make demo` or `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DIR := idc-demo
+DEMO_STATE := .sandbox/state.json
+
+.PHONY: demo demo-stop test lint bench system-deps clean
+
+system-deps:
+	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null; then \
+		echo "installing fuse3, libfuse3-dev, pkg-config, attr"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev pkg-config attr >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@mkdir -p .sandbox $(DEMO_DIR)
+	@if [ -f .sandbox/sandbox.pid ] && kill -0 $$(cat .sandbox/sandbox.pid) 2>/dev/null; then :; else \
+		rm -f $(DEMO_STATE); \
+		nohup $(VENV)/bin/idcfs sandbox --dir .sandbox --state $(DEMO_STATE) > .sandbox/sandbox.out 2>&1 & echo $$! > .sandbox/sandbox.pid; \
+		echo "starting the sandbox origin (first start generates ~320 MB of DICOM)"; \
+		while [ ! -f $(DEMO_STATE) ]; do sleep 1; kill -0 $$(cat .sandbox/sandbox.pid) || { cat .sandbox/sandbox.out; exit 1; }; done; fi
+	@mountpoint -q $(DEMO_DIR) || $(VENV)/bin/idcfs mount $(DEMO_DIR) --cache-dir .sandbox/cache \
+		--manifest .sandbox/manifest.s5cmd \
+		--s3-endpoint $$($(PY) -c "import json;print(json.load(open('$(DEMO_STATE)'))['s3_endpoint'])") \
+		--gcs-endpoint $$($(PY) -c "import json;print(json.load(open('$(DEMO_STATE)'))['gcs_endpoint'])")
+	@echo "== the tree at ./$(DEMO_DIR) (series level)"; find $(DEMO_DIR) -mindepth 4 -maxdepth 4 | sort
+	@$(PY) -c "import pathlib, pydicom; f = sorted(pathlib.Path('$(DEMO_DIR)').rglob('*.dcm'))[0]; print('== header of', f); print(pydicom.dcmread(f, stop_before_pixels=True))" | head -40
+	@echo "== stop with: make demo-stop"
+
+demo-stop:
+	-$(VENV)/bin/idcfs unmount $(DEMO_DIR)
+	-[ -f .sandbox/sandbox.pid ] && kill $$(cat .sandbox/sandbox.pid) && rm -f .sandbox/sandbox.pid
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check idcfs tests bench
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format idcfs tests bench
+	$(VENV)/bin/ruff check --fix idcfs tests bench
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean: demo-stop
+	rm -rf $(VENV) .sandbox

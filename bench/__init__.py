@@ -1,0 +1,1 @@
+"""Benchmarks for idcfs. `python -m bench` runs them; figures go to bench/RESULTS.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from .metadata import main
+
+sys.exit(main())

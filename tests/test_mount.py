@@ -1,0 +1,344 @@
+"""Acceptance: real mounts through the kernel, against the sandbox's real S3 and GCS servers."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import idcfs, mount_stats, origin_files
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def series_dir(mnt: Path, crdc_series_uuid: str, state) -> Path:
+    row = next(s for s in state.series if s["crdc_series_uuid"] == crdc_series_uuid)
+    return mnt / row["collection_id"] / row["PatientID"] / row["StudyInstanceUID"] / (
+        f"{row['Modality']}_{row['SeriesInstanceUID']}"
+    )
+
+
+def by_modality(state, modality: str) -> dict:
+    return next(s for s in state.series if s["Modality"] == modality)
+
+
+@pytest.mark.parametrize("source", ["aws", "gcs"])
+def test_every_file_has_origin_sha256(mount, sandbox, source):
+    mnt = mount(source=source)
+    want = origin_files(sandbox)
+    got = {f"{_uuid_of(p)}/{p.name}": sha256(p) for p in files_under(mnt)}
+    assert got == want
+
+
+def _uuid_of(path: Path) -> str:
+    return os.getxattr(path, "user.idc.crdc_series_uuid").decode()
+
+
+def test_stat_size_exact_before_open(mount, sandbox):
+    mnt = mount()
+    sizes = {k.split("/", 1)[1]: None for k in sandbox.objects}
+    for p in files_under(mnt):
+        key = f"{_uuid_of(p)}/{p.name}"
+        assert key in sizes
+        origin = Path(sandbox.data_dir) / "gcs"
+        on_disk = next(origin.glob(f"*/{key}"))
+        assert p.stat().st_size == on_disk.stat().st_size
+
+
+def _idc_download(state, dest: Path, template: str | None):
+    code = f"""
+import json, sys
+from idc_index import index
+index.aws_endpoint_url = {state.s3_endpoint!r}
+c = index.IDCClient()
+uids = [s["SeriesInstanceUID"] for s in json.load(open({str(dest) + ".json"!r}))]
+kw = {{}} if {template!r} is None else {{"dirTemplate": {template!r}}}
+c.download_from_selection(downloadDir={str(dest)!r}, seriesInstanceUID=uids, show_progress_bar=False,
+                          use_s5cmd_sync=False, **kw)
+"""
+    Path(str(dest) + ".json").write_text(json.dumps(state.series))
+    dest.mkdir()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("template", [None, "%collection_id-%Modality/%PatientID_%SeriesInstanceUID"])
+def test_identical_to_idc_download(mount, sandbox, tmp_path, template):
+    dl = tmp_path / "download"
+    _idc_download(sandbox, dl, template)
+    mnt = mount(*(["--template", template] if template else []))
+    r = subprocess.run(["diff", "-r", str(dl), str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(files_under(dl)) == len(sandbox.objects)
+
+
+def test_pydicom_reads_every_instance(mount, sandbox):
+    import pydicom
+
+    mnt = mount()
+    n = 0
+    for p in files_under(mnt):
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        assert ds.SeriesInstanceUID == p.parent.name.split("_", 1)[1]
+        assert ds.PatientID == p.parent.parent.parent.name
+        n += 1
+    assert n == len(sandbox.objects)
+    ct = next(files_under(series_dir(mnt, by_modality(sandbox, "CT")["crdc_series_uuid"], sandbox)).__iter__())
+    assert pydicom.dcmread(ct).pixel_array.shape == (512, 512)
+
+
+def test_simpleitk_loads_ct_series(mount, sandbox):
+    import SimpleITK as sitk
+
+    mnt = mount()
+    d = series_dir(mnt, "3078b660-4db2-4f82-9b2a-afb3b8dd28b4", sandbox)
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(d))
+    assert len(names) == 122
+    reader.SetFileNames(names)
+    img = reader.Execute()
+    assert img.GetSize() == (512, 512, 122)
+
+
+def test_dcm2niix_converts_series(mount, sandbox, tmp_path):
+    mnt = mount()
+    d = series_dir(mnt, "c914e2ce-92a5-4950-a824-addba1744d7a", sandbox)  # MR, PatientID with spaces
+    out = tmp_path / "nii"
+    out.mkdir()
+    r = subprocess.run(["dcm2niix", "-z", "n", "-o", str(out), str(d)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    niis = list(out.glob("*.nii"))
+    assert len(niis) == 1 and niis[0].stat().st_size > 70 * 256 * 256 * 2
+
+
+def test_wsidicom_reads_tile_with_ranged_reads(mount, sandbox):
+    from wsidicom import WsiDicom
+
+    mnt = mount()
+    d = series_dir(mnt, by_modality(sandbox, "SM")["crdc_series_uuid"], sandbox)
+    biggest = max(d.iterdir(), key=lambda p: p.stat().st_size)
+    assert biggest.stat().st_size > 200 * 2**20
+    before = mount_stats(mnt)["bytes_fetched"]
+    with WsiDicom.open(d) as wsi:
+        tile = wsi.read_tile(0, (3, 4))
+        assert tile.size == (256, 256)
+    fetched = mount_stats(mnt)["bytes_fetched"] - before
+    # Opening reads headers and offset tables; one tile is 192 KiB. Nothing near whole files.
+    assert fetched < 0.05 * biggest.stat().st_size, fetched
+
+
+def test_small_read_of_large_file_is_ranged(mount, sandbox):
+    mnt = mount()
+    d = series_dir(mnt, by_modality(sandbox, "SM")["crdc_series_uuid"], sandbox)
+    biggest = max(d.iterdir(), key=lambda p: p.stat().st_size)
+    before = mount_stats(mnt)["bytes_fetched"]
+    with open(biggest, "rb") as f:
+        f.seek(100 * 2**20)
+        assert len(f.read(1024)) == 1024
+    assert mount_stats(mnt)["bytes_fetched"] - before < 2 * 2**20  # kernel readahead at most
+
+
+def test_posix_tools(mount, sandbox, tmp_path):
+    mnt = mount()
+    for cmd in (["ls", "-R", str(mnt)], ["find", str(mnt)], ["du", "-s", str(mnt)], ["stat", str(mnt)]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, (cmd, r.stderr)
+    found = subprocess.run(["find", str(mnt), "-type", "f"], capture_output=True, text=True).stdout.splitlines()
+    assert len(found) == len(sandbox.objects)
+    du = int(subprocess.run(["du", "-sb", str(mnt)], capture_output=True, text=True).stdout.split()[0])
+    total = sum(p.stat().st_size for p in (Path(sandbox.data_dir) / "gcs").rglob("*.dcm"))
+    assert du >= total
+    d = series_dir(mnt, "6f6d4fdb-8d29-4cec-bfa8-6913e5fbacde", sandbox)
+    attrs = subprocess.run(["getfattr", "-d", str(d)], capture_output=True, text=True).stdout
+    for key in ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                "license_short_name", "source_DOI", "crdc_series_uuid", "url", "idc_version"):
+        assert f"user.idc.{key}=" in attrs, attrs
+    f = next(d.iterdir())
+    url = os.getxattr(f, "user.idc.url").decode()
+    assert url == f"s3://idc-open-data/6f6d4fdb-8d29-4cec-bfa8-6913e5fbacde/{f.name}"
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(mnt), str(copy)], check=True)
+    assert subprocess.run(["diff", "-r", str(mnt), str(copy)]).returncode == 0
+    # Inode numbers and mtimes are stable.
+    st1 = f.stat()
+    time.sleep(0.1)
+    st2 = f.stat()
+    assert (st1.st_ino, st1.st_mtime_ns, st1.st_size) == (st2.st_ino, st2.st_mtime_ns, st2.st_size)
+
+
+def test_gcs_source_uses_mirror_buckets(mount, sandbox):
+    mnt = mount(source="gcs")
+    for uuid, bucket in (("01742e03-18ba-42a4-8a21-a6bcb57c3cc4", "idc-open-idc1"),
+                         ("058a0528-c295-412c-bbcb-4afa3f6f05e0", "idc-open-cr")):
+        f = next(series_dir(mnt, uuid, sandbox).iterdir())
+        assert os.getxattr(f, "user.idc.url").decode().startswith(f"gs://{bucket}/{uuid}/")
+
+
+def test_read_only(mount, sandbox):
+    mnt = mount()
+    d = series_dir(mnt, "af22bfc6-52aa-4202-a34e-3a65994dc3c7", sandbox)
+    f = next(d.iterdir())
+    attempts = [
+        lambda: open(f, "r+b"),
+        lambda: open(d / "new.dcm", "wb"),
+        lambda: os.mkdir(d / "x"),
+        lambda: os.unlink(f),
+        lambda: os.rename(f, d / "y.dcm"),
+        lambda: os.setxattr(f, "user.idc.Modality", b"MR"),
+        lambda: os.truncate(f, 0),
+        lambda: os.chmod(f, 0o777),
+        lambda: os.utime(f, (0, 0)),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS, attempt
+
+
+def test_cohort_views(mount, sandbox, tmp_path):
+    mnt = mount("--filter", "Modality IN ('SEG', 'SR')")
+    assert sorted(p.name for p in mnt.iterdir()) == ["nlst"]
+    leaves = [p for p in mnt.rglob("*") if p.is_dir() and p.name[:3] in ("SEG", "SR_")]
+    assert sorted(p.name.split("_")[0] for p in leaves) == ["SEG", "SR"]
+    mnt2 = mount("--collection", "rider_phantom_mri", "--collection", "cptac_luad")
+    assert sorted(p.name for p in mnt2.iterdir()) == ["cptac_luad", "rider_phantom_mri"]
+    uid_list = tmp_path / "uids.txt"
+    uid_list.write_text("# a plain list\n" + by_modality(sandbox, "SM")["SeriesInstanceUID"] + "\n"
+                        + "058a0528-c295-412c-bbcb-4afa3f6f05e0\n")
+    mnt3 = mount("--manifest", uid_list, manifest=False)
+    assert sorted(p.name for p in mnt3.iterdir()) == ["cptac_luad", "duke_breast_cancer_mri"]
+
+
+def test_full_index_browse(mount, sandbox):
+    mnt = mount(manifest=False)
+    assert len(os.listdir(mnt)) == 179
+    assert len(os.listdir(mnt / "nlst")) == 26410
+    assert "ZZ RIDER MR8 1" in os.listdir(mnt / "rider_phantom_mri")
+    # A series of the sandbox, found through the full tree.
+    d = series_dir(mnt, "af22bfc6-52aa-4202-a34e-3a65994dc3c7", sandbox)
+    assert len(os.listdir(d)) == 2
+
+
+def _mount_error(tmp_path, sandbox, *args, mnt=None):
+    if mnt is None:
+        mnt = tmp_path / "m"
+        mnt.mkdir(exist_ok=True)
+    r = idcfs("mount", mnt, "--cache-dir", tmp_path / "cache", "--s3-endpoint", sandbox.s3_endpoint, *args)
+    assert not os.path.ismount(mnt)
+    return r
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--filter", "Modality = = 'CT'"], "invalid --filter"),
+        (["--filter", "NoSuchColumn = 1"], "invalid --filter"),
+        (["--filter", "1=1; DROP TABLE idx"], "--filter"),
+        (["--filter", "Modality='XX'"], "selection is empty"),
+        (["--collection", "no_such_collection"], "unknown --collection"),
+        (["--template", "%collection_id/%StudyDate"], "bad --template"),
+        (["--source", "azure"], "invalid choice"),
+        (["--s3-endpoint", "not a url"], "bad --s3-endpoint"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, sandbox, args, expect):
+    r = _mount_error(tmp_path, sandbox, *args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert expect in r.stderr
+
+
+def test_bad_manifest_and_mountpoints(tmp_path, sandbox):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("cp s3://idc-open-data/3078b660-4db2-4f82-9b2a-afb3b8dd28b4/* .\nhello world\n")
+    r = _mount_error(tmp_path, sandbox, "--manifest", bad)
+    assert r.returncode == 2 and "line 2" in r.stderr
+    bad.write_text("cp s3://some-other-bucket/3078b660-4db2-4f82-9b2a-afb3b8dd28b4/* .\n")
+    r = _mount_error(tmp_path, sandbox, "--manifest", bad)
+    assert r.returncode == 2 and "not an IDC bucket" in r.stderr
+    bad.write_text("1.2.3.4.5.6.7\n")
+    r = _mount_error(tmp_path, sandbox, "--manifest", bad)
+    assert r.returncode == 2 and "not in the index" in r.stderr
+    r = _mount_error(tmp_path, sandbox, mnt=tmp_path / "missing")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    r = _mount_error(tmp_path, sandbox, mnt=full)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    r = _mount_error(tmp_path, sandbox, mnt=full / "x")
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = idcfs("mount", tmp_path / "m2", "--cache-dir", ro / "sub")
+    if os.geteuid() != 0:  # root writes anywhere
+        assert r.returncode == 2 and "cache directory" in r.stderr
+    r = idcfs("mount", tmp_path / "m3", "--cache-dir", "/proc/idcfs-cache")
+    assert r.returncode == 2 and "cache directory" in r.stderr
+    for r in (idcfs("mount", tmp_path, "--cache-dir", "/proc/x"),):
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_signals_and_stale_mount(tmp_path, sandbox, cache_root):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    base = ["-m", "idcfs", "mount", str(mnt), "--foreground", "--cache-dir", str(cache_root),
+            "--manifest", sandbox.manifest, "--s3-endpoint", sandbox.s3_endpoint]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        p = subprocess.Popen([sys.executable, *base])
+        _wait_mounted(mnt)
+        p.send_signal(sig)
+        assert p.wait(30) == 0
+        assert not os.path.ismount(mnt)
+    # kill -9 leaves "Transport endpoint is not connected"; the next mount cleans it up.
+    p = subprocess.Popen([sys.executable, *base])
+    _wait_mounted(mnt)
+    p.kill()
+    p.wait()
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt)
+    assert e.value.errno == errno.ENOTCONN
+    r = idcfs("mount", mnt, "--cache-dir", cache_root, "--manifest", sandbox.manifest,
+              "--s3-endpoint", sandbox.s3_endpoint)
+    assert r.returncode == 0, r.stderr
+    assert "nlst" in os.listdir(mnt)
+    assert idcfs("unmount", mnt).returncode == 0
+    assert not os.path.ismount(mnt)
+    r = idcfs("unmount", mnt)
+    assert r.returncode == 2 and "not mounted" in r.stderr
+
+
+def _wait_mounted(mnt: Path, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mnt):
+        assert time.monotonic() < deadline, "mount did not come up"
+        time.sleep(0.05)
+
+
+def test_cli_basics():
+    r = idcfs("--version")
+    assert r.returncode == 0 and r.stdout.startswith("idcfs ")
+    for args in (["--help"], ["mount", "--help"], ["unmount", "--help"], ["sandbox", "--help"]):
+        r = idcfs(*args)
+        assert r.returncode == 0 and "usage:" in r.stdout
+    assert idcfs().returncode == 2

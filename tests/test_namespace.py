@@ -1,0 +1,127 @@
+"""Unit tests of the namespace: templates, escaping, manifests and selections over a crafted index."""
+
+from __future__ import annotations
+
+import duckdb
+import idc_index_data
+import pytest
+
+from idcfs.namespace import (
+    DEFAULT_TEMPLATE,
+    Namespace,
+    Selection,
+    SelectionError,
+    escape_component,
+    escape_value,
+    parse_manifest,
+    parse_template,
+    unescape,
+)
+
+INDEX = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory):
+    """Three real collections plus rows whose names are hostile."""
+    path = tmp_path_factory.mktemp("index") / "idx.parquet"
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE t AS SELECT * FROM read_parquet('{INDEX}') "
+                "WHERE collection_id IN ('rider_phantom_mri', 'acrin_contralateral_breast_mr', '4d_lung')")
+    for i, pid in enumerate(["..", "a/b", ".", "", "x%2Fy", "evil/../../etc"]):
+        con.execute(
+            "INSERT INTO t SELECT * REPLACE (? AS PatientID, ? AS crdc_series_uuid, ? AS SeriesInstanceUID) "
+            "FROM t WHERE collection_id = '4d_lung' LIMIT 1",
+            [pid, f"00000000-0000-0000-0000-00000000000{i}", f"9.9.{i}"],
+        )
+    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+    return path
+
+
+def walk(ns: Namespace, dir_id=0, prefix=()):
+    for name, child in ns.subdirs(dir_id):
+        path = prefix + (name,)
+        yield path, child
+        yield from walk(ns, child, path)
+
+
+def test_escape_round_trip():
+    for v in ["abc", "ZZ RIDER MR8 1", "a/b", "50%", "\0", "x%2Fy"]:
+        assert unescape(escape_component(escape_value(v))) == v
+    assert escape_component(escape_value("..")) == "%2E%2E"
+    assert escape_component(escape_value("")) == "%"
+    assert escape_value("ZZ RIDER MR8 1") == "ZZ RIDER MR8 1"
+
+
+def test_template_grammar():
+    assert len(parse_template(DEFAULT_TEMPLATE)) == 4
+    assert len(parse_template("%collection_id-%Modality/%PatientID_%SeriesInstanceUID")) == 2
+    for bad in ["%StudyDate", "%collection_id/%PatientID.%Modality", "", "%collection_id//%PatientID", "foo"]:
+        with pytest.raises(SelectionError):
+            parse_template(bad)
+
+
+def test_hostile_names_never_escape_the_tree(small_index):
+    ns = Namespace(small_index)
+    names = {p[1] for p, _ in walk(ns) if len(p) == 2 and p[0] == "4d_lung"}
+    assert {"%2E%2E", "a%2Fb", "%2E", "%", "x%252Fy", "evil%2F..%2F..%2Fetc"} <= names
+    for path, _ in walk(ns):
+        for comp in path:
+            assert comp not in ("", ".", "..") and "/" not in comp and "\0" not in comp
+
+
+def test_tree_is_consistent(small_index):
+    ns = Namespace(small_index)
+    seen = set()
+    for path, dir_id in walk(ns):
+        assert dir_id not in seen
+        seen.add(dir_id)
+        parent = 0
+        for comp in path:
+            parent = ns.lookup(parent, comp)
+        assert parent == dir_id
+        assert ns.lookup(dir_id if not ns.is_leaf(dir_id) else 0, "no-such-name") is None
+    leaves = [d for p, d in walk(ns) if ns.is_leaf(d)]
+    assert sum(len(ns.series_in(d)) for d in leaves) == ns.num_series
+    assert len(seen) == ns.num_dirs
+
+
+def test_readdir_offsets(small_index):
+    ns = Namespace(small_index)
+    whole = ns.subdirs(0)
+    assert ns.subdirs(0, 1) == whole[1:]
+    assert ns.subdirs(0, len(whole)) == []
+
+
+def test_selection(small_index, tmp_path):
+    ns = Namespace(small_index, selection=Selection(filter="Modality='MR' AND collection_id='rider_phantom_mri'"))
+    assert [n for n, _ in ns.subdirs(0)] == ["rider_phantom_mri"]
+    ns = Namespace(small_index, selection=Selection(collections=("4d_lung",)))
+    assert [n for n, _ in ns.subdirs(0)] == ["4d_lung"]
+    with pytest.raises(SelectionError, match="unknown --collection"):
+        Namespace(small_index, selection=Selection(collections=("nope",)))
+    for bad in ["1=1) UNION SELECT 1 --", "1=1; DROP TABLE idx", "x = (SELECT 1 FROM read_csv('/etc/passwd'))",
+                "''=''; COPY idx TO '/tmp/x.csv'", "NoSuch = 1", ""]:
+        with pytest.raises(SelectionError):
+            Namespace(small_index, selection=Selection(filter=bad))
+
+
+def test_manifest_formats(tmp_path):
+    m = tmp_path / "m.txt"
+    m.write_text(
+        "# portal export\n"
+        "cp s3://idc-open-data/3078b660-4db2-4f82-9b2a-afb3b8dd28b4/* .\n"
+        "cp s3://idc-open-data-cr/058a0528-c295-412c-bbcb-4afa3f6f05e0/* .\n"
+        "gs://idc-open-idc1/01742e03-18ba-42a4-8a21-a6bcb57c3cc4/\n"
+        "AF22BFC6-52AA-4202-A34E-3A65994DC3C7\n"
+        "1.2.840.113654.2.55.123804397497334105778006135262862115094\n\n"
+    )
+    uuids, uids = parse_manifest(m)
+    assert len(uuids) == 4 and uuids[3] == "af22bfc6-52aa-4202-a34e-3a65994dc3c7"
+    assert uids == ["1.2.840.113654.2.55.123804397497334105778006135262862115094"]
+    m.write_text("cp s3://idc-open-data/not-a-uuid/* .\n")
+    with pytest.raises(SelectionError, match="line 1"):
+        parse_manifest(m)
+    m.write_text("")
+    with pytest.raises(SelectionError, match="names no series"):
+        parse_manifest(m)
