@@ -57,8 +57,15 @@ def main(argv=None) -> int:
             assert r.returncode == 0, r.stderr
             if i < args.repeat - 1:
                 _idcfs("unmount", mnt)
-        rows.append(("mount, full index (idcfs mount → ready)", statistics.median(mount_times),
-                     min(mount_times), max(mount_times), "goal ≤ 2 s"))
+        rows.append(
+            (
+                "mount, full index (idcfs mount → ready)",
+                statistics.median(mount_times),
+                min(mount_times),
+                max(mount_times),
+                "goal ≤ 2 s",
+            )
+        )
         try:
             m, lo, hi, n = _timed(lambda: len(os.listdir(mnt)), args.repeat)
             rows.append((f"ls root ({n} collections)", m, lo, hi, "goal ≤ 0.3 s"))
@@ -72,8 +79,15 @@ def main(argv=None) -> int:
             out = subprocess.run(["find", str(mnt / args.collection), "-maxdepth", "3"], capture_output=True)
             dt = time.perf_counter() - t
             entries = out.stdout.count(b"\n")
-            rows.append((f"find {args.collection} to series level ({entries} entries)", dt, dt, dt,
-                         f"{entries / dt:,.0f} entries/s; goal ≥ 20,000"))
+            rows.append(
+                (
+                    f"find {args.collection} to series level ({entries} entries)",
+                    dt,
+                    dt,
+                    dt,
+                    f"{entries / dt:,.0f} entries/s; goal ≥ 20,000",
+                )
+            )
             paths = out.stdout.split(b"\n")[:20000]
             t = time.perf_counter()
             for p in paths:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -77,7 +77,9 @@ def _base(row: SeriesRow, sop_class: str, i: int) -> Dataset:
 
 
 def _rng(row: SeriesRow, i: int, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, int(hashlib.sha256(f"{row.crdc_series_uuid}/{i}".encode()).hexdigest()[:8], 16)])
+    return np.random.default_rng(
+        [seed, int(hashlib.sha256(f"{row.crdc_series_uuid}/{i}".encode()).hexdigest()[:8], 16)]
+    )
 
 
 def volume_slice(row: SeriesRow, i: int, n: int, size: int, seed: int) -> Dataset:
@@ -168,9 +170,7 @@ def text_report(row: SeriesRow, references: list[Dataset]) -> Dataset:
     ev.StudyInstanceUID = row.StudyInstanceUID
     ser = Dataset()
     ser.SeriesInstanceUID = references[0].SeriesInstanceUID
-    ser.ReferencedSOPSequence = Sequence(
-        [_ref(r.SOPClassUID, r.SOPInstanceUID) for r in references]
-    )
+    ser.ReferencedSOPSequence = Sequence([_ref(r.SOPClassUID, r.SOPInstanceUID) for r in references])
     ev.ReferencedSeriesSequence = Sequence([ser])
     ds.CurrentRequestedProcedureEvidenceSequence = Sequence([ev])
     return ds

@@ -21,8 +21,10 @@ class MountError(ValueError):
 
 
 def is_stale(path: Path) -> bool:
+    # stat() may be answered from the kernel's attribute cache; opening the directory reaches the daemon.
     try:
-        os.stat(path)
+        with os.scandir(path) as it:
+            next(it, None)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False

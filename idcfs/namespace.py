@@ -92,7 +92,8 @@ _SQL_ESCAPE = "replace(replace(replace(coalesce({col}, ''), '%', '%25'), '/', '%
 
 
 def _sql_component(expr: str) -> str:
-    return f"(CASE WHEN ({expr}) = '' THEN '%' WHEN ({expr}) IN ('.', '..') THEN replace(({expr}), '.', '%2E') ELSE ({expr}) END)"
+    e = f"({expr})"
+    return f"(CASE WHEN {e} = '' THEN '%' WHEN {e} IN ('.', '..') THEN replace({e}, '.', '%2E') ELSE {e} END)"
 
 
 def parse_template(template: str) -> list[str]:
@@ -152,7 +153,8 @@ def parse_manifest(path: Path) -> tuple[list[str], list[str]]:
             uids.append(line)
         else:
             raise SelectionError(
-                f"--manifest {path} line {n}: {line[:80]!r} is not an s5cmd cp line, a crdc_series_uuid or a SeriesInstanceUID"
+                f"--manifest {path} line {n}: {line[:80]!r} is not an s5cmd cp line, "
+                "a crdc_series_uuid or a SeriesInstanceUID"
             )
     if not uuids and not uids:
         raise SelectionError(f"--manifest {path} names no series")
@@ -391,6 +393,6 @@ class Namespace:
         ).fetchone()
         if row is None:
             return {}
-        meta = {c: "" if v is None else str(v) for c, v in zip(cols, row)}
+        meta = {c: "" if v is None else str(v) for c, v in zip(cols, row, strict=True)}
         meta["idc_version"] = self.idc_version
         return meta

@@ -31,8 +31,12 @@ def files_under(root: Path) -> list[Path]:
 
 def series_dir(mnt: Path, crdc_series_uuid: str, state) -> Path:
     row = next(s for s in state.series if s["crdc_series_uuid"] == crdc_series_uuid)
-    return mnt / row["collection_id"] / row["PatientID"] / row["StudyInstanceUID"] / (
-        f"{row['Modality']}_{row['SeriesInstanceUID']}"
+    return (
+        mnt
+        / row["collection_id"]
+        / row["PatientID"]
+        / row["StudyInstanceUID"]
+        / (f"{row['Modality']}_{row['SeriesInstanceUID']}")
     )
 
 
@@ -168,8 +172,18 @@ def test_posix_tools(mount, sandbox, tmp_path):
     assert du >= total
     d = series_dir(mnt, "6f6d4fdb-8d29-4cec-bfa8-6913e5fbacde", sandbox)
     attrs = subprocess.run(["getfattr", "-d", str(d)], capture_output=True, text=True).stdout
-    for key in ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
-                "license_short_name", "source_DOI", "crdc_series_uuid", "url", "idc_version"):
+    for key in (
+        "collection_id",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "license_short_name",
+        "source_DOI",
+        "crdc_series_uuid",
+        "url",
+        "idc_version",
+    ):
         assert f"user.idc.{key}=" in attrs, attrs
     f = next(d.iterdir())
     url = os.getxattr(f, "user.idc.url").decode()
@@ -186,8 +200,10 @@ def test_posix_tools(mount, sandbox, tmp_path):
 
 def test_gcs_source_uses_mirror_buckets(mount, sandbox):
     mnt = mount(source="gcs")
-    for uuid, bucket in (("01742e03-18ba-42a4-8a21-a6bcb57c3cc4", "idc-open-idc1"),
-                         ("058a0528-c295-412c-bbcb-4afa3f6f05e0", "idc-open-cr")):
+    for uuid, bucket in (
+        ("01742e03-18ba-42a4-8a21-a6bcb57c3cc4", "idc-open-idc1"),
+        ("058a0528-c295-412c-bbcb-4afa3f6f05e0", "idc-open-cr"),
+    ):
         f = next(series_dir(mnt, uuid, sandbox).iterdir())
         assert os.getxattr(f, "user.idc.url").decode().startswith(f"gs://{bucket}/{uuid}/")
 
@@ -221,8 +237,12 @@ def test_cohort_views(mount, sandbox, tmp_path):
     mnt2 = mount("--collection", "rider_phantom_mri", "--collection", "cptac_luad")
     assert sorted(p.name for p in mnt2.iterdir()) == ["cptac_luad", "rider_phantom_mri"]
     uid_list = tmp_path / "uids.txt"
-    uid_list.write_text("# a plain list\n" + by_modality(sandbox, "SM")["SeriesInstanceUID"] + "\n"
-                        + "058a0528-c295-412c-bbcb-4afa3f6f05e0\n")
+    uid_list.write_text(
+        "# a plain list\n"
+        + by_modality(sandbox, "SM")["SeriesInstanceUID"]
+        + "\n"
+        + "058a0528-c295-412c-bbcb-4afa3f6f05e0\n"
+    )
     mnt3 = mount("--manifest", uid_list, manifest=False)
     assert sorted(p.name for p in mnt3.iterdir()) == ["cptac_luad", "duke_breast_cancer_mri"]
 
@@ -302,8 +322,19 @@ def test_bad_manifest_and_mountpoints(tmp_path, sandbox):
 def test_signals_and_stale_mount(tmp_path, sandbox, cache_root):
     mnt = tmp_path / "m"
     mnt.mkdir()
-    base = ["-m", "idcfs", "mount", str(mnt), "--foreground", "--cache-dir", str(cache_root),
-            "--manifest", sandbox.manifest, "--s3-endpoint", sandbox.s3_endpoint]
+    base = [
+        "-m",
+        "idcfs",
+        "mount",
+        str(mnt),
+        "--foreground",
+        "--cache-dir",
+        str(cache_root),
+        "--manifest",
+        sandbox.manifest,
+        "--s3-endpoint",
+        sandbox.s3_endpoint,
+    ]
     for sig in (signal.SIGTERM, signal.SIGINT):
         p = subprocess.Popen([sys.executable, *base])
         _wait_mounted(mnt)
@@ -318,8 +349,9 @@ def test_signals_and_stale_mount(tmp_path, sandbox, cache_root):
     with pytest.raises(OSError) as e:
         os.listdir(mnt)
     assert e.value.errno == errno.ENOTCONN
-    r = idcfs("mount", mnt, "--cache-dir", cache_root, "--manifest", sandbox.manifest,
-              "--s3-endpoint", sandbox.s3_endpoint)
+    r = idcfs(
+        "mount", mnt, "--cache-dir", cache_root, "--manifest", sandbox.manifest, "--s3-endpoint", sandbox.s3_endpoint
+    )
     assert r.returncode == 0, r.stderr
     assert "nlst" in os.listdir(mnt)
     assert idcfs("unmount", mnt).returncode == 0

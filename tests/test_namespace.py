@@ -26,8 +26,10 @@ def small_index(tmp_path_factory):
     """Three real collections plus rows whose names are hostile."""
     path = tmp_path_factory.mktemp("index") / "idx.parquet"
     con = duckdb.connect()
-    con.execute(f"CREATE TABLE t AS SELECT * FROM read_parquet('{INDEX}') "
-                "WHERE collection_id IN ('rider_phantom_mri', 'acrin_contralateral_breast_mr', '4d_lung')")
+    con.execute(
+        f"CREATE TABLE t AS SELECT * FROM read_parquet('{INDEX}') "
+        "WHERE collection_id IN ('rider_phantom_mri', 'acrin_contralateral_breast_mr', '4d_lung')"
+    )
     for i, pid in enumerate(["..", "a/b", ".", "", "x%2Fy", "evil/../../etc"]):
         con.execute(
             "INSERT INTO t SELECT * REPLACE (? AS PatientID, ? AS crdc_series_uuid, ? AS SeriesInstanceUID) "
@@ -100,8 +102,14 @@ def test_selection(small_index, tmp_path):
     assert [n for n, _ in ns.subdirs(0)] == ["4d_lung"]
     with pytest.raises(SelectionError, match="unknown --collection"):
         Namespace(small_index, selection=Selection(collections=("nope",)))
-    for bad in ["1=1) UNION SELECT 1 --", "1=1; DROP TABLE idx", "x = (SELECT 1 FROM read_csv('/etc/passwd'))",
-                "''=''; COPY idx TO '/tmp/x.csv'", "NoSuch = 1", ""]:
+    for bad in [
+        "1=1) UNION SELECT 1 --",
+        "1=1; DROP TABLE idx",
+        "x = (SELECT 1 FROM read_csv('/etc/passwd'))",
+        "''=''; COPY idx TO '/tmp/x.csv'",
+        "NoSuch = 1",
+        "",
+    ]:
         with pytest.raises(SelectionError):
             Namespace(small_index, selection=Selection(filter=bad))
 
