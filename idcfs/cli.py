@@ -213,7 +213,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     try:
         index = args.index or _default_index()
         selection = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
-        ns = Namespace(index, args.template or DEFAULT_TEMPLATE, selection)
+        ns = Namespace(index, args.template or DEFAULT_TEMPLATE, selection, cache_dir=args.cache_dir)
     except SelectionError as e:
         _report(args.ready_fd, f"usage: {e}")
         print(f"idcfs: error: {e}", file=sys.stderr)

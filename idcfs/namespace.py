@@ -10,7 +10,10 @@ found by binary search. Nothing here does I/O beyond reading the parquet file.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +192,31 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # The tree
 
+TREE_FORMAT = 1
+
+
+def _load_tree(path: Path | None) -> pa.Table | None:
+    if path is None or not path.exists():
+        return None
+    try:  # memory-mapped: pages are shared with the page cache and loaded on use
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        log.warning("ignoring unreadable tree cache %s: %s", path, e)
+        return None
+
+
+def _save_tree(path: Path | None, table: pa.Table) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)  # atomic: concurrent mounts never see a torn file
+    except OSError as e:
+        log.warning("cannot cache the tree in %s: %s", path.parent, e)
+
 
 @dataclass(frozen=True)
 class Series:
@@ -202,7 +230,13 @@ class Series:
 class Namespace:
     """Directories at `levels` depths over the sorted selection of series."""
 
-    def __init__(self, index_path: Path, template: str = DEFAULT_TEMPLATE, selection: Selection | None = None):
+    def __init__(
+        self,
+        index_path: Path,
+        template: str = DEFAULT_TEMPLATE,
+        selection: Selection | None = None,
+        cache_dir: Path | None = None,
+    ):
         self.index_path = Path(index_path)
         self.template = template
         level_sql = parse_template(template)
@@ -231,15 +265,27 @@ class Namespace:
         query = f"""
             SELECT {cols}, crdc_series_uuid, aws_bucket, instanceCount, series_size_MB
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
-        try:
-            table = con.execute(query, params).arrow()
-        except duckdb.Error as e:
-            raise SelectionError(f"invalid selection: {_one_line(e)}") from None
-        if isinstance(table, pa.RecordBatchReader):
-            table = table.read_all()
+        cached = self._tree_cache_path(cache_dir, query, params)
+        table = _load_tree(cached)
+        if table is None:
+            try:
+                table = con.execute(query, params).arrow()
+            except duckdb.Error as e:
+                raise SelectionError(f"invalid selection: {_one_line(e)}") from None
+            if isinstance(table, pa.RecordBatchReader):
+                table = table.read_all()
+            _save_tree(cached, table)
         if table.num_rows == 0:
             raise SelectionError("the selection is empty: no series match --filter/--collection/--manifest")
         self._build(table)
+
+    def _tree_cache_path(self, cache_dir: Path | None, query: str, params: list) -> Path | None:
+        """The sorted selection depends only on the index file, the query and its parameters."""
+        if cache_dir is None:
+            return None
+        st = self.index_path.stat()
+        key = json.dumps([TREE_FORMAT, str(self.index_path.resolve()), st.st_size, st.st_mtime_ns, query, params])
+        return Path(cache_dir) / "trees" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".arrow")
 
     def _where(self, sel: Selection) -> tuple[str, list]:
         con = self._con

@@ -133,3 +133,17 @@ def test_manifest_formats(tmp_path):
     m.write_text("")
     with pytest.raises(SelectionError, match="names no series"):
         parse_manifest(m)
+
+
+def test_tree_cache_gives_the_same_tree(small_index, tmp_path):
+    fresh = list(walk(Namespace(small_index, cache_dir=tmp_path)))
+    assert len(list((tmp_path / "trees").glob("*.arrow"))) == 1
+    cached = list(walk(Namespace(small_index, cache_dir=tmp_path)))
+    assert cached == fresh
+    # A different selection is a different cache entry.
+    Namespace(small_index, selection=Selection(collections=("4d_lung",)), cache_dir=tmp_path)
+    assert len(list((tmp_path / "trees").glob("*.arrow"))) == 2
+    # A torn cache file is ignored, not trusted.
+    for f in (tmp_path / "trees").glob("*.arrow"):
+        f.write_bytes(f.read_bytes()[:100])
+    assert list(walk(Namespace(small_index, cache_dir=tmp_path))) == fresh
