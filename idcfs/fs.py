@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -230,8 +231,6 @@ class IdcOperations(pyfuse3.Operations):
     async def _xattrs(self, inode) -> dict[str, str]:
         dir_id = self._dir_id(inode)
         if dir_id == 0:  # control attributes of the mount itself
-            import json
-
             return {"stats": json.dumps(self.stats())}
         if dir_id is not None:
             series = self.ns.series_in(dir_id) if self.ns.is_leaf(dir_id) else []

@@ -192,7 +192,8 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # The tree
 
-TREE_FORMAT = 1
+TREE_FORMAT = 2
+METADATA_CACHE_SIZE = 4096  # series whose xattr values are kept
 
 
 def _load_tree(path: Path | None) -> pa.Table | None:
@@ -242,6 +243,7 @@ class Namespace:
         level_sql = parse_template(template)
         self.depth = len(level_sql)
         selection = selection or Selection()
+        self._metadata: dict[str, dict[str, str]] = {}
         self._con = duckdb.connect(":memory:", config={"threads": 2})
         con = self._con
         try:
@@ -263,7 +265,7 @@ class Namespace:
         cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
         order = ", ".join(f"c{i}" for i in range(self.depth))
         query = f"""
-            SELECT {cols}, crdc_series_uuid, aws_bucket, instanceCount, series_size_MB
+            SELECT {cols}, crdc_series_uuid, aws_bucket
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
         cached = self._tree_cache_path(cache_dir, query, params)
         table = _load_tree(cached)
@@ -332,8 +334,6 @@ class Namespace:
         buckets = table.column("aws_bucket").combine_chunks().dictionary_encode()
         self._bucket_names = buckets.dictionary.to_pylist()
         self._bucket_idx = buckets.indices.to_numpy(zero_copy_only=False)
-        self._instance_count = table.column("instanceCount").to_numpy()
-        self._size_mb = table.column("series_size_MB").to_numpy()
         # starts[d]: first row of each distinct prefix of length d+1; names[d]: its last component.
         self.starts: list[np.ndarray] = []
         self.names: list[pa.Array] = []
@@ -388,13 +388,6 @@ class Namespace:
         base = self.dir_id(level + 1, lo)
         return [(name, base + i) for i, name in enumerate(names)]
 
-    def num_subdirs(self, dir_id: int) -> int:
-        level, group = self.dir_of(dir_id)
-        if level == self.depth - 1:
-            return 0
-        lo, hi = self._children_range(level, group)
-        return hi - lo
-
     def lookup(self, dir_id: int, name: str) -> int | None:
         level, group = self.dir_of(dir_id)
         if level == self.depth - 1:
@@ -410,10 +403,6 @@ class Namespace:
         if lo < end and names[lo].as_py() == name:
             return self.dir_id(level + 1, lo)
         return None
-
-    def name_of(self, dir_id: int) -> str:
-        level, group = self.dir_of(dir_id)
-        return "" if level == -1 else self.names[level][group].as_py()
 
     def series_in(self, dir_id: int) -> list[Series]:
         """The series whose files a leaf directory holds (usually exactly one)."""
@@ -432,13 +421,21 @@ class Namespace:
         return "" if v is None else f"v{v}"
 
     def series_metadata(self, crdc_series_uuid: str) -> dict[str, str]:
-        """Index columns of one series, for the user.idc.* xattrs."""
-        cols = [c for c in XATTR_COLUMNS if c in self.columns]
-        row = self._con.execute(
-            f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid]
-        ).fetchone()
-        if row is None:
-            return {}
-        meta = {c: "" if v is None else str(v) for c, v in zip(cols, row, strict=True)}
-        meta["idc_version"] = self.idc_version
-        return meta
+        """Index columns of one series, for the user.idc.* xattrs (a fresh dict the caller may extend).
+
+        Cached, because `getfattr -d` asks once per attribute and each query scans the index.
+        """
+        meta = self._metadata.get(crdc_series_uuid)
+        if meta is None:
+            cols = [c for c in XATTR_COLUMNS if c in self.columns]
+            row = self._con.execute(
+                f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid]
+            ).fetchone()
+            if row is None:
+                return {}
+            meta = {c: "" if v is None else str(v) for c, v in zip(cols, row, strict=True)}
+            meta["idc_version"] = self.idc_version
+            if len(self._metadata) >= METADATA_CACHE_SIZE:
+                self._metadata.clear()
+            self._metadata[crdc_series_uuid] = meta
+        return dict(meta)
