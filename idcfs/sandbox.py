@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
+from tqdm import tqdm
 
 from .dicomgen import SeriesRow, instance_uuid, series_datasets
 from .namespace import GCS_MIRROR
@@ -94,11 +95,7 @@ def generate(data_dir: Path, index_path: Path) -> tuple[list[SeriesRow], dict[st
     objects: dict[str, str] = {}
     by_uuid = {r.crdc_series_uuid: r for r in rows}
     written: dict[str, list] = {}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety
-        tqdm = None
-    bar = tqdm(total=sum(c[1] for c in COHORT), desc="generating sandbox DICOM", unit="file") if tqdm else None
+    bar = tqdm(total=sum(c[1] for c in COHORT), desc="generating sandbox DICOM", unit="file")
     for uuid, n, _role in COHORT:
         row = by_uuid[uuid]
         sources = None
@@ -112,19 +109,17 @@ def generate(data_dir: Path, index_path: Path) -> tuple[list[SeriesRow], dict[st
             name = f"{instance_uuid(row, i)}.dcm"
             path = series_dir / name
             ds.save_as(path, enforce_file_format=True)
-            objects[f"{row.aws_bucket}/{uuid}/{name}"] = _sha256(path)
+            objects[f"{row.aws_bucket}/{uuid}/{name}"] = sha256_file(path)
             if row.Modality in ("CT", "MR") and len(keep) < 8:
                 keep.append(ds)
-            if bar:
-                bar.update(1)
+            bar.update(1)
         written[uuid] = keep
-    if bar:
-        bar.close()
+    bar.close()
     stamp.write_text(json.dumps({"spec": wanted, "objects": objects}, indent=1))
     return rows, objects
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
