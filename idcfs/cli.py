@@ -1,4 +1,4 @@
-"""Command line: idcfs mount | unmount | sandbox.
+"""Command line: idcfs mount | unmount | stats | cache | prefetch | sandbox.
 
 Bad input gets one line on stderr and exit status 2, before anything is mounted.
 `idcfs mount` without --foreground starts the daemon as a child process and
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, metavar="DIR", help="cache directory (default: user cache dir)"
     )
     m.add_argument(
+        "--cache-size",
+        default="10G",
+        metavar="SIZE",
+        help="cap of the block cache, e.g. 500M, 10G, 2T; 0 turns it off (default 10G)",
+    )
+    m.add_argument(
         "--index", type=Path, default=None, metavar="PARQUET", help="index parquet (default: idc-index-data's)"
     )
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
@@ -95,6 +101,43 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("unmount", help="unmount an idcfs mount", description="Unmount an idcfs mount.")
     u.add_argument("mountpoint", type=Path)
     u.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
+
+    st = sub.add_parser(
+        "stats",
+        help="live counters of a running mount",
+        description="Print the counters of a running mount: requests, bytes, cache hits, GETs in flight.",
+    )
+    st.add_argument("mountpoint", type=Path)
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("-w", "--watch", type=float, default=None, metavar="SECONDS", help="print again every SECONDS")
+
+    c = sub.add_parser("cache", help="inspect or clear the cache directory", description="The persistent cache.")
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    for name, text in (("stats", "size, entries, hit rate and bytes fetched"), ("clear", "delete everything cached")):
+        a = csub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        a.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
+        if name == "stats":
+            a.add_argument("--json", action="store_true", help="print JSON")
+
+    pf = sub.add_parser(
+        "prefetch",
+        help="warm the cache for paths in a mount, or for a selection",
+        description="Warm the cache before a training run. Give paths inside a running mount (their files are "
+        "read through it), or a selection with --manifest/--filter/--collection (downloaded straight into "
+        "--cache-dir, no mount needed).",
+    )
+    pf.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    pf.add_argument("-j", "--jobs", type=int, default=32, help="parallel reads (default 32)")
+    pf.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
+    pf.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns")
+    pf.add_argument("--collection", action="append", default=[], metavar="ID", help="a collection (repeatable)")
+    pf.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
+    pf.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider (default aws)")
+    pf.add_argument("--s3-endpoint", default=os.environ.get("IDCFS_S3_ENDPOINT"), metavar="URL")
+    pf.add_argument("--gcs-endpoint", default=os.environ.get("IDCFS_GCS_ENDPOINT"), metavar="URL")
+    pf.add_argument("--index", type=Path, default=None, metavar="PARQUET")
+    pf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser(
         "sandbox",
@@ -137,12 +180,25 @@ def _check_cache_dir(path: Path) -> Path:
     return path
 
 
+def _parse_cache_size(text: str) -> int:
+    from .cache import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise UsageError(f"--cache-size: {e}") from None
+    if 0 < size < 64 << 20:
+        raise UsageError(f"--cache-size {text} is below the minimum of 64M (0 turns the block cache off)")
+    return size
+
+
 def _validate_mount_args(args) -> None:
     from .mount import MountError, check_mountpoint
 
     _check_url("--s3-endpoint", args.s3_endpoint)
     _check_url("--gcs-endpoint", args.gcs_endpoint)
     args.cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
+    args.cache_size = _parse_cache_size(args.cache_size)
     if args.index is not None and not args.index.is_file():
         raise UsageError(f"--index {args.index} is not a file")
     if args.manifest is not None and not args.manifest.is_file():
@@ -220,13 +276,15 @@ def cmd_mount(args, argv: list[str]) -> int:
         return EXIT_USAGE
     log.info("namespace: %d series, %d directories in %.2fs", ns.num_series, ns.num_dirs, time.monotonic() - t0)
 
+    from .cache import CacheDir
     from .fs import IdcOperations
     from .mount import serve
     from .store import ObjectStore, drop_credentials
 
     drop_credentials()
     store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
-    ops = IdcOperations(ns, store, mtime_ns=int(Path(index).stat().st_mtime) * 1_000_000_000)
+    cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
+    ops = IdcOperations(ns, store, cache, mtime_ns=int(Path(index).stat().st_mtime) * 1_000_000_000)
 
     def ready():
         log.info("mounted %s at %s (%.2fs)", index, args.mountpoint, time.monotonic() - t0)
@@ -263,6 +321,122 @@ def cmd_unmount(args) -> int:
     return 0
 
 
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_table(d: dict) -> None:
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        if isinstance(v, int) and "bytes" in k:
+            v = f"{_fmt_bytes(v)} ({v})"
+        elif k == "hit_rate" and v is not None:
+            v = f"{v:.1%}"
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_stats(args) -> int:
+    import json
+
+    path = Path(os.path.abspath(os.path.expanduser(args.mountpoint)))
+    while True:
+        try:
+            stats = json.loads(os.getxattr(path, "user.idc.stats"))
+        except OSError as e:
+            print(f"idcfs: error: {path} is not a running idcfs mount ({e.strerror})", file=sys.stderr)
+            return EXIT_USAGE
+        if args.json:
+            print(json.dumps(stats), flush=True)
+        else:
+            _print_table(stats)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+        if not args.json:
+            print()
+
+
+def cmd_cache(args) -> int:
+    import json
+
+    from .cache import CacheDir
+
+    root = Path(os.path.abspath(os.path.expanduser(args.cache_dir or _default_cache_dir())))
+    if not root.is_dir():
+        print(f"idcfs: error: no cache directory at {root} (pass --cache-dir)", file=sys.stderr)
+        return EXIT_USAGE
+    cache = CacheDir(root)
+    try:
+        if args.cache_command == "clear":
+            before = cache.stats()["size_bytes"]
+            cache.clear()
+            print(f"cleared {root} ({_fmt_bytes(before)} of blocks)")
+        elif args.json:
+            print(json.dumps(cache.stats()))
+        else:
+            _print_table(cache.stats())
+    finally:
+        cache.close()
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    _setup_logging("WARNING")
+    from .prefetch import warm_paths, warm_series
+
+    selection = args.manifest is not None or args.filter is not None or args.collection
+    if bool(args.paths) == bool(selection):
+        print(
+            "idcfs: error: give paths inside a mount, or a selection (--manifest/--filter/--collection), not both",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.jobs < 1:
+        print("idcfs: error: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    t0 = time.monotonic()
+    if args.paths:
+        missing = [str(p) for p in args.paths if not p.exists()]
+        if missing:
+            print(f"idcfs: error: no such path: {missing[0]}", file=sys.stderr)
+            return EXIT_USAGE
+        summary = warm_paths(args.paths, args.jobs, progress=not args.quiet)
+    else:
+        from .cache import CacheDir
+        from .namespace import Namespace, Selection, SelectionError
+        from .store import ObjectStore, drop_credentials
+
+        try:
+            _check_url("--s3-endpoint", args.s3_endpoint)
+            _check_url("--gcs-endpoint", args.gcs_endpoint)
+            cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
+            if args.manifest is not None and not args.manifest.is_file():
+                raise UsageError(f"--manifest {args.manifest} is not a file")
+            sel = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
+            ns = Namespace(args.index or _default_index(), selection=sel, cache_dir=cache_dir)
+        except (UsageError, SelectionError) as e:
+            print(f"idcfs: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        drop_credentials()
+        store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
+        cache = CacheDir(cache_dir)
+        try:
+            summary = warm_series(cache, store, ns.all_series(), args.jobs, progress=not args.quiet)
+        finally:
+            cache.close()
+    dt = time.monotonic() - t0
+    print(
+        f"prefetched {summary.files} files, {_fmt_bytes(summary.bytes)} in {dt:.1f}s "
+        f"({_fmt_bytes(summary.bytes / dt if dt else 0)}/s); {summary.already_cached} already cached; "
+        f"{summary.failed} failed"
+    )
+    return 1 if summary.failed else 0
+
+
 def cmd_sandbox(args) -> int:
     _setup_logging("INFO")
     try:
@@ -282,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_mount(args, argv)
     if args.command == "unmount":
         return cmd_unmount(args)
+    if args.command == "stats":
+        return cmd_stats(args)
+    if args.command == "cache":
+        return cmd_cache(args)
+    if args.command == "prefetch":
+        return cmd_prefetch(args)
     if args.command == "sandbox":
         return cmd_sandbox(args)
     return EXIT_USAGE

@@ -18,6 +18,7 @@ import stat
 import pyfuse3
 import trio
 
+from .cache import CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import OpenFile, Reader
@@ -59,18 +60,56 @@ class IdcOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, ns: Namespace, store: ObjectStore, mtime_ns: int, io_threads: int = 32):
+    def __init__(self, ns: Namespace, store: ObjectStore, cache: CacheDir | None, mtime_ns: int, io_threads: int = 32):
         super().__init__()
         self.ns = ns
         self.store = store
+        self.cache = cache
         self.mtime_ns = mtime_ns
         self.uid, self.gid = os.getuid(), os.getgid()
         io = trio.CapacityLimiter(io_threads)
-        self.listings = Listings(ns, store, io, first_ino=ns.num_dirs + 2)
-        self.reader = Reader(store, io)
+        meta = cache.meta if cache else None
+        self.listings = Listings(ns, store, meta, io, first_ino=ns.num_dirs + 2)
+        self.reader = Reader(store, cache.blocks if cache else None, io)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
+        self._flushed: dict[str, int] = {}
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Called by the mount loop: background fetches, cache writes and counter flushes run in nursery."""
+        self.reader.attach(nursery)
+        nursery.start_soon(self._flush_counters_every, 10.0)
+
+    def close(self) -> None:
+        self.flush_counters()
+
+    def _lifetime_counters(self) -> dict[str, int]:
+        r = self.reader
+        return {
+            "hits": r.hits,
+            "misses": r.misses,
+            "bytes_fetched": r.bytes_fetched,
+            "get_requests": r.get_requests,
+            "list_requests": self.listings.list_requests,
+            "corrupt_blocks": r.cache.corrupt if r.cache else 0,
+        }
+
+    def flush_counters(self) -> None:
+        """Add what was counted since the last flush to the cache directory's lifetime counters."""
+        if self.cache is None:
+            return
+        now = self._lifetime_counters()
+        self.cache.meta.add_counters({k: v - self._flushed.get(k, 0) for k, v in now.items()})
+        self._flushed = now
+
+    async def _flush_counters_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            try:
+                await trio.to_thread.run_sync(self.flush_counters)
+            except Exception as e:
+                log.warning("cannot save counters: %s", e)
 
     # -- attributes
 
@@ -185,8 +224,10 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if self._dir_id(inode) is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        f = self._file(inode)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        self._open[fh] = OpenFile(self._file(inode))
+        self._open[fh] = OpenFile(f)
+        self.reader.opened(f, self.listings.in_order(f.dir_id))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary
@@ -221,10 +262,16 @@ class IdcOperations(pyfuse3.Operations):
     # -- extended attributes: user.idc.* on leaf directories and files
 
     def stats(self) -> dict[str, int]:
+        r = self.reader
         return {
-            "list_requests": self.listings.list_requests,
-            "get_requests": self.reader.get_requests,
-            "bytes_fetched": self.reader.bytes_fetched,
+            **self._lifetime_counters(),
+            "in_flight": r.in_flight,
+            "memory_hits": r.memory_hits,
+            "bytes_read": r.bytes_read,
+            "prefetched_files": r.prefetched_files,
+            "failovers": self.store.failovers,
+            "origin_errors": self.store.errors,
+            "open_files": len(self._open),
             "files_known": len(self.listings.files),
         }
 

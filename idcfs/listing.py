@@ -1,8 +1,10 @@
 """Instance files of leaf directories, from one LIST per series prefix.
 
 The index has no instance names or sizes, so the first lookup or listing of a
-leaf directory LISTs each of its series once. Concurrent callers share that
-LIST. File inode numbers are handed out then and never reused in a mount.
+leaf directory LISTs each of its series once, and keeps the result in the
+cache directory forever (a crdc UUID names immutable content): a remount or a
+second mount makes no LIST for series seen before. Concurrent callers share
+one LIST. File inode numbers are handed out then and never reused in a mount.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .cache import MetaCache
 from .namespace import Namespace, Series
 from .store import ObjectInfo, ObjectStore
 
@@ -26,6 +29,8 @@ class InstanceFile:
     mtime_ns: int
     etag: str
     series: Series
+    dir_id: int
+    index: int  # position in its directory, which is sorted by name
 
     @property
     def key(self) -> str:
@@ -33,18 +38,28 @@ class InstanceFile:
 
 
 class Listings:
-    def __init__(self, ns: Namespace, store: ObjectStore, limiter: trio.CapacityLimiter, first_ino: int):
+    def __init__(
+        self,
+        ns: Namespace,
+        store: ObjectStore,
+        meta: MetaCache | None,
+        limiter: trio.CapacityLimiter,
+        first_ino: int,
+    ):
         self.ns = ns
         self.store = store
+        self.meta = meta
         self.limiter = limiter
         self._next_ino = first_ino
         self.files: dict[int, InstanceFile] = {}
         self._dirs: dict[int, dict[str, InstanceFile]] = {}  # dir_id -> name -> file, sorted by name
+        self._order: dict[int, list[InstanceFile]] = {}
         self._pending: dict[int, trio.Event] = {}
         self.list_requests = 0
 
-    def cached(self, dir_id: int) -> dict[str, InstanceFile] | None:
-        return self._dirs.get(dir_id)
+    def in_order(self, dir_id: int) -> list[InstanceFile]:
+        """The files of a directory already listed, by name; [] if not listed yet."""
+        return self._order.get(dir_id, [])
 
     async def files_of(self, dir_id: int) -> dict[str, InstanceFile]:
         """The files of a leaf directory, LISTing its series on first use."""
@@ -60,23 +75,33 @@ class Listings:
         try:
             entries: list[tuple[Series, ObjectInfo]] = []
             for series in self.ns.series_in(dir_id):
-                self.list_requests += 1
-                objs = await trio.to_thread.run_sync(
-                    self.store.list_series, series.aws_bucket, series.crdc_series_uuid, limiter=self.limiter
-                )
-                entries += [(series, o) for o in objs]
+                entries += [(series, o) for o in await self._list(series)]
             entries.sort(key=lambda e: e[1].name)
             files: dict[str, InstanceFile] = {}
             for series, obj in entries:
                 if obj.name in files:  # same name in two series of one directory: keep the first
                     log.warning("duplicate file name %s in directory %d", obj.name, dir_id)
                     continue
-                f = InstanceFile(self._next_ino, obj.name, obj.size, obj.mtime_ns, obj.etag, series)
+                f = InstanceFile(self._next_ino, obj.name, obj.size, obj.mtime_ns, obj.etag, series, dir_id, len(files))
                 self._next_ino += 1
                 self.files[f.ino] = f
                 files[f.name] = f
             self._dirs[dir_id] = files
+            self._order[dir_id] = list(files.values())
             return files
         finally:
             del self._pending[dir_id]
             event.set()
+
+    async def _list(self, series: Series) -> list[ObjectInfo]:
+        uuid = series.crdc_series_uuid
+        if self.meta is not None:
+            known = await trio.to_thread.run_sync(self.meta.listing, uuid, limiter=self.limiter)
+            if known is not None:
+                return [ObjectInfo(*entry) for entry in known]
+        self.list_requests += 1
+        objs = await trio.to_thread.run_sync(self.store.list_series, series.aws_bucket, uuid, limiter=self.limiter)
+        if self.meta is not None and objs:  # an empty LIST may be a lagging mirror: ask again next time
+            entry = [(o.name, o.size, o.etag, o.mtime_ns) for o in objs]
+            await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.limiter)
+        return objs

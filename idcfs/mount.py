@@ -71,19 +71,27 @@ def fuse_options(allow_other: bool = False) -> set[str]:
 
 
 def serve(ops: pyfuse3.Operations, mountpoint: Path, on_ready=None, allow_other: bool = False) -> None:
-    """Mount, call on_ready(), serve until unmounted or signalled, then unmount."""
+    """Mount, call on_ready(), serve until unmounted or signalled, then unmount.
+
+    ops may have attach(nursery), to run background work in the mount's
+    nursery, and close(), called once serving has stopped.
+    """
     pyfuse3.init(ops, str(mountpoint), fuse_options(allow_other))
     try:
         if on_ready is not None:
             on_ready()
-        trio.run(_main)
+        trio.run(_main, ops)
     finally:
         pyfuse3.close(unmount=True)
+        if hasattr(ops, "close"):
+            ops.close()
 
 
-async def _main() -> None:
+async def _main(ops) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        if hasattr(ops, "attach"):
+            ops.attach(nursery)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -414,6 +414,11 @@ class Namespace:
         hi = int(starts[group + 1]) if group + 1 < len(starts) else self.num_series
         return [Series(r, self._uuid[r].as_py(), self._bucket_names[self._bucket_idx[r]]) for r in range(lo, hi)]
 
+    def all_series(self) -> list[Series]:
+        return [
+            Series(r, self._uuid[r].as_py(), self._bucket_names[self._bucket_idx[r]]) for r in range(self.num_series)
+        ]
+
     @functools.cached_property
     def idc_version(self) -> str:
         """The IDC release of the index: the newest version any of its series was revised in."""

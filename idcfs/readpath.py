@@ -1,71 +1,275 @@
-"""The read path: turn (open file, offset, size) reads into ranged GETs, and check what comes back.
+"""The read path: (open file, offset, size) -> bytes, from memory, the block cache or ranged GETs.
 
-Each open file keeps the last range it fetched. A read that continues where
-the previous one ended is sequential: the fetch window doubles from 1 MiB up
-to 16 MiB (so a whole-file reader makes few requests), and any seek resets it
-(so a reader of one tile fetches only that tile). A read returns exactly the
-bytes asked for, clipped at end of file, or raises: a short or long body from
-the origin is never passed on.
+Instances are read in blocks of BLOCK_SIZE, looked up in a small memory LRU
+(the kernel asks in 128 KiB pieces), then in the persistent block cache, then
+fetched. What decides how much is fetched:
+
+- an instance up to WHOLE_FILE bytes (most CT and MR) is fetched whole, in
+  one GET, on first touch;
+- a sequential reader of a larger instance gets a readahead window that
+  doubles up to MAX_WINDOW and is fetched in the background as parallel GETs
+  of at most MAX_GET; a seek resets it, so reading one WSI tile fetches only
+  the blocks that tile touches;
+- opening the files of a directory in name order (SimpleITK, dcm2niix,
+  `cp -r`) prefetches the next PREFETCH_FILES small files, within a global
+  budget of bytes in flight and its own connection limit.
+
+A block being fetched is shared: concurrent readers wait for the one GET.
+Fetched blocks are written to the disk cache in the background. A read
+returns exactly the bytes asked for, clipped at end of file, or raises
+StoreError (EIO): a short or wrong-sized body is never passed on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import OrderedDict
 
 import trio
 
+from .cache import BLOCK_SIZE, BlockCache, block_key
 from .listing import InstanceFile
 from .store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
-FIRST_WINDOW = 1 << 20
-MAX_WINDOW = 16 << 20
+BLOCK = BLOCK_SIZE
+WHOLE_FILE = 8 << 20
+FIRST_WINDOW = 2 << 20
+MAX_WINDOW = 64 << 20
+MAX_GET = 8 << 20
+REORDER = 1 << 20  # the kernel may deliver a sequential reader's requests slightly out of order
+MEMORY = 256 << 20
+PREFETCH_FILES = 16
+PREFETCH_BUDGET = 128 << 20
+PREFETCH_CONNECTIONS = 8
+
+
+class _Flight:
+    """One GET in flight and the blocks it will deliver."""
+
+    __slots__ = ("done", "blocks", "error")
+
+    def __init__(self):
+        self.done = trio.Event()
+        self.blocks: dict[int, bytes] = {}
+        self.error: BaseException | None = None
+
+
+class _Memory:
+    """Recently used blocks, least recently used dropped first, within a byte budget."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        self._blocks: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        data = self._blocks.get(key)
+        if data is not None:
+            self._blocks.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        old = self._blocks.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        self._blocks[key] = data
+        self.size += len(data)
+        while self.size > self.budget:
+            _, dropped = self._blocks.popitem(last=False)
+            self.size -= len(dropped)
 
 
 class OpenFile:
     def __init__(self, f: InstanceFile):
         self.file = f
-        self.buf = b""
-        self.buf_start = 0
         self.next_offset = 0  # where a sequential read would continue
         self.window = FIRST_WINDOW
-        self.lock = trio.Lock()
+        self.ahead = 0  # blocks below this were already asked for by readahead
+        self.streak = 0  # bytes read in order since the last seek
+
+
+def _nblocks(f: InstanceFile) -> int:
+    return -(-f.size // BLOCK)
+
+
+def _runs(indexes: list[int], max_blocks: int):
+    """Consecutive block indexes grouped into [lo, hi) runs of at most max_blocks."""
+    for _, group in itertools.groupby(enumerate(sorted(indexes)), key=lambda p: p[1] - p[0]):
+        run = [i for _, i in group]
+        for k in range(0, len(run), max_blocks):
+            part = run[k : k + max_blocks]
+            yield part[0], part[-1] + 1
 
 
 class Reader:
-    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter):
+    def __init__(self, store: ObjectStore, cache: BlockCache | None, limiter: trio.CapacityLimiter):
         self.store = store
+        self.cache = cache
         self.limiter = limiter
+        self.prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONNECTIONS)
+        self.disk = trio.CapacityLimiter(4)
+        self.memory = _Memory(MEMORY)
+        self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
+        self._flights: dict[str, _Flight] = {}
+        self._series: OrderedDict[int, tuple[int, int]] = OrderedDict()  # dir_id -> (last opened, prefetched up to)
+        self._prefetching = 0  # bytes of series prefetch in flight
+        # counters
         self.get_requests = 0
         self.bytes_fetched = 0
+        self.in_flight = 0
+        self.hits = 0  # blocks found in the disk cache
+        self.misses = 0  # blocks fetched from the origin
+        self.memory_hits = 0
+        self.prefetched_files = 0
+        self.bytes_read = 0
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+
+    # -- reads
 
     async def read(self, of: OpenFile, offset: int, size: int) -> bytes:
         f = of.file
         if offset >= f.size or size <= 0:
             return b""
         end = min(offset + size, f.size)
-        async with of.lock:
-            buf_end = of.buf_start + len(of.buf)
-            if not (of.buf_start <= offset and end <= buf_end):
-                sequential = offset == of.next_offset
-                if sequential:
-                    fetch_end = min(f.size, max(end, offset + of.window))
-                    of.window = min(of.window * 2, MAX_WINDOW)
-                else:
-                    fetch_end = end
-                    of.window = FIRST_WINDOW
-                of.buf = await self.fetch(f, offset, fetch_end)
-                of.buf_start = offset
-            of.next_offset = end
-            return of.buf[offset - of.buf_start : end - of.buf_start]
+        b0, b1 = offset // BLOCK, (end - 1) // BLOCK + 1
+        n = _nblocks(f)
+        sequential = of.next_offset > 0 and abs(offset - of.next_offset) <= REORDER
+        extra: list[int] = []
+        if f.size <= WHOLE_FILE:
+            extra = [i for i in range(n) if not b0 <= i < b1]
+        elif not sequential:  # a seek: only what is asked
+            of.streak, of.ahead, of.window = end - offset, b1, FIRST_WINDOW
+        else:
+            of.streak += end - offset
+            # Read ahead only once a block has been read in order (a header read stays small),
+            # and issue the next window when the reader is half a window from the last one's end.
+            if of.streak >= BLOCK and b1 + of.window // BLOCK // 2 >= of.ahead:
+                lo = max(b1, of.ahead)
+                stop = min(n, lo + of.window // BLOCK)
+                extra = list(range(lo, stop))
+                of.ahead = stop
+                of.window = min(of.window * 2, MAX_WINDOW)
+        of.next_offset = max(of.next_offset, end) if sequential else end
+        blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
+        self.bytes_read += end - offset
+        if len(blocks) == 1:
+            return blocks[0][offset - b0 * BLOCK : end - b0 * BLOCK]
+        return b"".join(blocks)[offset - b0 * BLOCK : end - b0 * BLOCK]
 
-    async def fetch(self, f: InstanceFile, start: int, end: int) -> bytes:
-        self.get_requests += 1
-        data = await trio.to_thread.run_sync(
-            self.store.read, f.series.aws_bucket, f.key, start, end, limiter=self.limiter
-        )
-        self.bytes_fetched += len(data)
-        if len(data) != end - start:
-            raise StoreError(f"GET {f.key} [{start}, {end}) returned {len(data)} bytes")
-        return data
+    async def _blocks(self, f: InstanceFile, need: range, extra: list[int], limiter) -> list[bytes]:
+        """Blocks `need` of f; blocks `extra` are only started, not waited for."""
+        got: dict[int, bytes] = {}
+        flights: dict[int, _Flight] = {}
+        todo: list[int] = []
+        uuid = f.series.crdc_series_uuid
+
+        def sort(indexes):
+            for i in indexes:
+                k = block_key(uuid, f.name, i)
+                data = self.memory.get(k)
+                if data is not None:
+                    if i in need:
+                        got[i] = data
+                        self.memory_hits += 1
+                elif k in self._flights:
+                    flights[i] = self._flights[k]
+                else:
+                    todo.append(i)
+
+        sort(itertools.chain(need, extra))
+        if todo and self.cache is not None:
+            found = await trio.to_thread.run_sync(self._from_disk, f, todo, limiter=self.disk)
+            for i, data in found.items():
+                self.memory.put(block_key(uuid, f.name, i), data)
+                if i in need:
+                    got[i] = data
+            self.hits += len(found)
+            rest, todo = [i for i in todo if i not in found], []
+            sort(rest)  # another reader may have started these meanwhile
+        for lo, hi in _runs(todo, MAX_GET // BLOCK):
+            flight = _Flight()
+            for i in range(lo, hi):
+                self._flights[block_key(uuid, f.name, i)] = flight
+                flights[i] = flight
+            self.nursery.start_soon(self._fetch, f, lo, hi, flight, limiter)
+        for i in need:
+            if i not in got:
+                flight = flights[i]
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise StoreError(str(flight.error) or type(flight.error).__name__)
+                got[i] = flight.blocks[i]
+        return [got[i] for i in need]
+
+    def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, bytes]:
+        found = {}
+        for i in indexes:
+            data = self.cache.get(block_key(f.series.crdc_series_uuid, f.name, i), self._block_len(f, i))
+            if data is not None:
+                found[i] = data
+        return found
+
+    @staticmethod
+    def _block_len(f: InstanceFile, i: int) -> int:
+        return min(BLOCK, f.size - i * BLOCK)
+
+    async def _fetch(self, f: InstanceFile, lo: int, hi: int, flight: _Flight, limiter) -> None:
+        """Background task: one ranged GET for blocks [lo, hi). Never raises; waiters see flight.error."""
+        start, end = lo * BLOCK, min(hi * BLOCK, f.size)
+        uuid = f.series.crdc_series_uuid
+        self.in_flight += 1
+        data = b""
+        try:
+            data = await trio.to_thread.run_sync(
+                self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
+            )
+            self.get_requests += 1
+            self.bytes_fetched += len(data)
+            self.misses += hi - lo
+            for i in range(lo, hi):
+                block = data[(i - lo) * BLOCK : (i - lo + 1) * BLOCK]
+                flight.blocks[i] = block
+                self.memory.put(block_key(uuid, f.name, i), block)
+        except BaseException as e:
+            flight.error = e
+            if not isinstance(e, Exception):
+                raise
+            log.warning("%s", e)
+        finally:
+            self.in_flight -= 1
+            for i in range(lo, hi):
+                self._flights.pop(block_key(uuid, f.name, i), None)
+            flight.done.set()
+        if flight.error is None and self.cache is not None:
+            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, f.name, lo, data, limiter=self.disk)
+
+    # -- series prefetch
+
+    def opened(self, f: InstanceFile, siblings: list[InstanceFile]) -> None:
+        """Note that f was opened; if its directory is being read in order, prefetch what comes next."""
+        last, upto = self._series.pop(f.dir_id, (-100, 0))
+        if 0 < f.index - last <= 4 and self.nursery is not None:
+            upto = max(upto, f.index + 1)
+            for g in siblings[upto : f.index + 1 + PREFETCH_FILES]:
+                if g.size > WHOLE_FILE or self._prefetching + g.size > PREFETCH_BUDGET:
+                    break
+                self._prefetching += g.size
+                self.nursery.start_soon(self._prefetch, g)
+                upto = g.index + 1
+        self._series[f.dir_id] = (f.index, upto)
+        if len(self._series) > 4096:
+            self._series.popitem(last=False)
+
+    async def _prefetch(self, f: InstanceFile) -> None:
+        try:
+            await self._blocks(f, range(_nblocks(f)), [], self.prefetch_limiter)
+            self.prefetched_files += 1
+        except Exception as e:  # a demand read will try again and report it
+            log.debug("prefetch of %s: %s", f.key, e)
+        finally:
+            self._prefetching -= f.size

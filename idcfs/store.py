@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 from .namespace import GCS_MIRROR
@@ -63,58 +65,62 @@ class ObjectInfo:
     mtime_ns: int
 
 
-class ObjectStore:
-    """Reads IDC objects addressed by (aws_bucket, key) from AWS or from the GCS mirror."""
+class _Provider:
+    """One bucket provider (AWS S3 or the GCS mirror) behind an unsigned fsspec client."""
 
-    def __init__(self, source: str = "aws", s3_endpoint: str | None = None, gcs_endpoint: str | None = None):
-        if source not in ("aws", "gcs"):
-            raise ValueError(f"unknown source {source!r}")
-        self.source = source
-        self.s3_endpoint = s3_endpoint or DEFAULT_S3_ENDPOINT
-        self.gcs_endpoint = gcs_endpoint or DEFAULT_GCS_ENDPOINT
+    def __init__(self, name: str, endpoint: str):
+        self.name = name
+        self.endpoint = endpoint
         self._fs = None
+        self._lock = threading.Lock()
+        self.failures = 0  # consecutive
+        self.down_until = 0.0
 
     @property
     def fs(self):
-        if self._fs is None:
-            drop_credentials()
-            if self.source == "aws":
-                import s3fs
-
-                self._fs = s3fs.S3FileSystem(
-                    anon=True,
-                    use_listings_cache=False,
-                    skip_instance_cache=True,
-                    client_kwargs={"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
-                    config_kwargs={"max_pool_connections": 64, "retries": {"max_attempts": 5, "mode": "standard"}},
-                )
-            else:
-                import gcsfs.core
-
-                self._fs = gcsfs.core.GCSFileSystem(
-                    token="anon",
-                    endpoint_url=self.gcs_endpoint,
-                    use_listings_cache=False,
-                    skip_instance_cache=True,
-                )
+        with self._lock:
+            if self._fs is None:
+                self._fs = self._client()
         return self._fs
 
-    def bucket(self, aws_bucket: str) -> str:
-        return aws_bucket if self.source == "aws" else GCS_MIRROR.get(aws_bucket, aws_bucket)
+    def _client(self):
+        drop_credentials()
+        if self.name == "aws":
+            import s3fs
 
-    def url(self, aws_bucket: str, key: str) -> str:
-        scheme = "s3" if self.source == "aws" else "gs"
-        return f"{scheme}://{self.bucket(aws_bucket)}/{key}"
+            fs = s3fs.S3FileSystem(
+                anon=True,
+                use_listings_cache=False,
+                skip_instance_cache=True,
+                client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+                config_kwargs={
+                    "max_pool_connections": 64,
+                    "connect_timeout": 5,
+                    "read_timeout": 30,
+                    "retries": {"max_attempts": 3, "mode": "standard"},
+                },
+            )
+            fs.retries = 3  # s3fs's own loop around botocore's: keep the worst case bounded
+            return fs
+        import gcsfs.core
+
+        return gcsfs.core.GCSFileSystem(
+            token="anon",
+            endpoint_url=self.endpoint,
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            requests_timeout=30,
+        )
+
+    def bucket(self, aws_bucket: str) -> str:
+        return aws_bucket if self.name == "aws" else GCS_MIRROR.get(aws_bucket, aws_bucket)
 
     def list_series(self, aws_bucket: str, crdc_series_uuid: str) -> list[ObjectInfo]:
-        """One LIST of `<bucket>/<uuid>/`: the objects directly under it."""
         prefix = f"{self.bucket(aws_bucket)}/{crdc_series_uuid}"
         try:
             entries = self.fs.ls(prefix, detail=True)
         except FileNotFoundError:
             return []
-        except Exception as e:
-            raise StoreError(f"LIST {prefix}: {e}") from e
         out = []
         for e in entries:
             if e.get("type") != "file":
@@ -124,13 +130,97 @@ class ObjectStore:
         out.sort(key=lambda o: o.name)
         return out
 
-    def read(self, aws_bucket: str, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of one object: a single ranged GET."""
-        path = f"{self.bucket(aws_bucket)}/{key}"
-        try:
-            return self.fs.cat_file(path, start=start, end=end)
-        except Exception as e:
-            raise StoreError(f"GET {path} [{start}, {end}): {e}") from e
+    def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool) -> bytes:
+        # Asking one byte past the listed end exposes an object longer than listed.
+        data = self.fs.cat_file(f"{self.bucket(aws_bucket)}/{key}", start=start, end=end + at_eof)
+        if len(data) != end - start:
+            raise StoreError(f"{len(data)} bytes instead of {end - start}")
+        return data
+
+
+class ObjectStore:
+    """Reads IDC objects addressed by (aws_bucket, key), from the preferred provider or the other one.
+
+    The client libraries retry throttling, 5xx, resets and timeouts with
+    backoff. What still fails is tried once more at the other provider. After
+    FAIL_THRESHOLD failures in a row a provider is skipped for DOWN_SECONDS,
+    so a dead origin costs a few slow requests, not one per read.
+    """
+
+    FAIL_THRESHOLD = 3
+    DOWN_SECONDS = 30.0
+
+    def __init__(
+        self,
+        source: str = "aws",
+        s3_endpoint: str | None = None,
+        gcs_endpoint: str | None = None,
+        failover: bool = True,
+    ):
+        if source not in ("aws", "gcs"):
+            raise ValueError(f"unknown source {source!r}")
+        self.source = source
+        self.s3_endpoint = s3_endpoint or DEFAULT_S3_ENDPOINT
+        self.gcs_endpoint = gcs_endpoint or DEFAULT_GCS_ENDPOINT
+        aws, gcs = _Provider("aws", self.s3_endpoint), _Provider("gcs", self.gcs_endpoint)
+        preferred = [aws, gcs] if source == "aws" else [gcs, aws]
+        self.providers = preferred if failover else preferred[:1]
+        self.failovers = 0  # requests answered by the other provider
+        self.errors = 0  # requests that failed everywhere
+        self._lock = threading.Lock()
+
+    def bucket(self, aws_bucket: str) -> str:
+        return self.providers[0].bucket(aws_bucket)
+
+    def url(self, aws_bucket: str, key: str) -> str:
+        scheme = "s3" if self.source == "aws" else "gs"
+        return f"{scheme}://{self.bucket(aws_bucket)}/{key}"
+
+    def _order(self) -> list[_Provider]:
+        now = time.monotonic()
+        up = [p for p in self.providers if p.down_until <= now]
+        return up + [p for p in self.providers if p.down_until > now]  # a down one is still a last resort
+
+    def _call(self, what: str, fn):
+        errors = []
+        for p in self._order():
+            try:
+                result = fn(p)
+            except Exception as e:
+                with self._lock:
+                    p.failures += not isinstance(e, FileNotFoundError)  # a missing object says nothing of health
+                    if p.failures >= self.FAIL_THRESHOLD and p.down_until <= time.monotonic():
+                        p.down_until = time.monotonic() + self.DOWN_SECONDS
+                        log.warning(
+                            "%s keeps failing (%s); using the other provider for %ds", p.name, e, self.DOWN_SECONDS
+                        )
+                errors.append(f"{p.name}: {e}")
+                continue
+            with self._lock:
+                p.failures = 0
+                p.down_until = 0.0
+                if p is not self.providers[0]:
+                    self.failovers += 1
+            return result
+        with self._lock:
+            self.errors += 1
+        raise StoreError(f"{what}: " + "; ".join(errors))
+
+    def list_series(self, aws_bucket: str, crdc_series_uuid: str) -> list[ObjectInfo]:
+        """One LIST of `<bucket>/<uuid>/`: the objects directly under it."""
+        return self._call(
+            f"LIST {aws_bucket}/{crdc_series_uuid}", lambda p: p.list_series(aws_bucket, crdc_series_uuid)
+        )
+
+    def read(self, aws_bucket: str, key: str, start: int, end: int, size: int | None = None) -> bytes:
+        """Bytes [start, end) of one object, exactly: a ranged GET, retried and failed over.
+
+        With the listed `size`, a read that ends there also fails if the object is longer.
+        """
+        at_eof = size is not None and end == size
+        return self._call(
+            f"GET {aws_bucket}/{key} [{start}, {end})", lambda p: p.read(aws_bucket, key, start, end, at_eof)
+        )
 
 
 def _etag(entry: dict) -> str:

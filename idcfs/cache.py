@@ -1,0 +1,236 @@
+"""The persistent cache directory: instance blocks, series listings and lifetime counters.
+
+Both stores are diskcache caches (SQLite plus files), which are safe to share
+between threads, processes and concurrent mounts of one cache directory.
+
+- blocks/: blocks of instance files, capped in size and evicted least recently
+  used. Keys name content, not location (`<series uuid>/<file>@<block>`), so a
+  block read from AWS also serves a GCS mount. Each value is the block followed
+  by a BLAKE2b digest of key and block: a torn, truncated, rotten or swapped
+  value fails the check, is deleted and counts as a miss, so it is refetched
+  and never served.
+- meta/: the LIST of each series (a crdc UUID names immutable content, so it
+  never expires) and counters summed over all mounts. Never evicted.
+
+Every call is blocking; the read path runs them in worker threads. A cache that
+cannot be written (disk full, permissions, a broken database) is skipped: reads
+still succeed by streaming, and a warning is logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import diskcache
+
+log = logging.getLogger(__name__)
+
+DIGEST = 16
+# Chosen by measurement (bench/RESULTS.md): big enough that a sequential reader
+# costs few SQLite rows, small enough that one WSI tile drags in little else.
+BLOCK_SIZE = 1 << 20
+DEFAULT_SIZE = 10 << 30
+COUNTERS = ("hits", "misses", "bytes_fetched", "get_requests", "list_requests", "corrupt_blocks")
+_DB_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+def block_key(series_uuid: str, name: str, index: int) -> str:
+    return f"{series_uuid}/{name}@{index}"
+
+
+def _digest(key: str, data: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=DIGEST)
+    h.update(key.encode())
+    h.update(data)
+    return h.digest()
+
+
+class _Degradable:
+    """Log the first failure of a kind once; afterwards stay quiet."""
+
+    def __init__(self):
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def warn_once(self, what: str, err: Exception) -> None:
+        with self._lock:
+            if what in self._warned:
+                return
+            self._warned.add(what)
+        log.warning("cache %s failed (%s); reads go on uncached", what, err)
+
+
+class BlockCache(_Degradable):
+    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE):
+        super().__init__()
+        self.directory = Path(directory)
+        self.size_limit = size_limit
+        self.corrupt = 0
+        self._cache = diskcache.Cache(
+            str(self.directory),
+            timeout=5,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=16,
+        )
+
+    def get(self, key: str, length: int) -> bytes | None:
+        """The block stored under key if it is intact and `length` bytes long, else None."""
+        try:
+            value = self._cache.get(key)
+        except _DB_ERRORS as e:
+            self.warn_once("read", e)
+            return None
+        if value is None:
+            return None
+        ok = isinstance(value, bytes) and len(value) == length + DIGEST
+        data = value[:-DIGEST] if ok else b""
+        if not ok or _digest(key, data) != value[-DIGEST:]:
+            self.corrupt += 1
+            log.warning("cache block %s is corrupt; dropped and refetched", key)
+            try:
+                self._cache.delete(key)
+            except _DB_ERRORS as e:
+                self.warn_once("delete", e)
+            return None
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self._cache.set(key, data + _digest(key, data))
+        except _DB_ERRORS as e:
+            self.warn_once("write", e)
+
+    def put_blocks(self, series_uuid: str, name: str, first: int, data: bytes) -> None:
+        """Store data, which starts at block `first` of the file, block by block."""
+        for k in range(0, len(data), BLOCK_SIZE):
+            self.put(block_key(series_uuid, name, first + k // BLOCK_SIZE), data[k : k + BLOCK_SIZE])
+
+    def has(self, key: str) -> bool:
+        try:
+            return key in self._cache
+        except _DB_ERRORS:
+            return False
+
+    def volume(self) -> int:
+        return self._cache.volume()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> int:
+        return self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class MetaCache(_Degradable):
+    """Series listings and lifetime counters."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self._cache = diskcache.Cache(str(directory), timeout=5, eviction_policy="none", size_limit=1 << 62)
+
+    def listing(self, series_uuid: str) -> list[tuple] | None:
+        try:
+            return self._cache.get("list:" + series_uuid)
+        except _DB_ERRORS as e:
+            self.warn_once("read", e)
+            return None
+
+    def set_listing(self, series_uuid: str, entries: list[tuple]) -> None:
+        try:
+            self._cache.set("list:" + series_uuid, entries)
+        except _DB_ERRORS as e:
+            self.warn_once("write", e)
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        try:
+            for name, delta in deltas.items():
+                if delta:
+                    self._cache.incr("count:" + name, delta)
+        except _DB_ERRORS as e:
+            self.warn_once("write", e)
+
+    def counters(self) -> dict[str, int]:
+        return {name: int(self._cache.get("count:" + name, 0)) for name in COUNTERS}
+
+    def listings(self) -> int:
+        return sum(1 for k in self._cache.iterkeys() if str(k).startswith("list:"))
+
+    def volume(self) -> int:
+        return self._cache.volume()
+
+    def clear(self) -> int:
+        return self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class CacheDir:
+    """The cache directory of a mount (or of `idcfs cache` / `idcfs prefetch`)."""
+
+    def __init__(self, root: Path, size_limit: int | None = None, blocks: bool = True):
+        self.root = Path(root)
+        self.blocks: BlockCache | None = None
+        if blocks:  # without a size, keep the cap the last mount set
+            path = self.root / "blocks"
+            self.blocks = BlockCache(path, size_limit if size_limit is not None else _stored_size_limit(path))
+        self.meta = MetaCache(self.root / "meta")
+
+    def stats(self) -> dict:
+        c = self.meta.counters()
+        lookups = c["hits"] + c["misses"]
+        b = self.blocks
+        return {
+            "directory": str(self.root),
+            "size_bytes": b.volume() if b else 0,
+            "size_limit_bytes": b.size_limit if b else 0,
+            "blocks": len(b) if b else 0,
+            "block_size_bytes": BLOCK_SIZE,
+            "series_listed": self.meta.listings(),
+            "hit_rate": round(c["hits"] / lookups, 4) if lookups else None,
+            **c,
+        }
+
+    def clear(self) -> None:
+        if self.blocks:
+            self.blocks.clear()
+        self.meta.clear()
+        shutil.rmtree(self.root / "trees", ignore_errors=True)
+
+    def close(self) -> None:
+        if self.blocks:
+            self.blocks.close()
+        self.meta.close()
+
+
+def _stored_size_limit(directory: Path) -> int:
+    db = directory / "cache.db"
+    if db.exists():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                row = con.execute("SELECT value FROM Settings WHERE key = 'size_limit'").fetchone()
+                if row:
+                    return int(row[0])
+        except sqlite3.Error:
+            pass
+    return DEFAULT_SIZE
+
+
+def parse_size(text: str) -> int:
+    """'10G', '500MiB', '1.5T', '4096' -> bytes (binary units)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not m or (not m.group(2) and m.group(3) and m.group(3).lower() == "ib"):
+        raise ValueError(f"bad size {text!r}: give a number with an optional unit, e.g. 10G or 500M")
+    scale = 1 << (10 * " kmgt".index((m.group(2) or " ").lower()))
+    return int(float(m.group(1)) * scale)

@@ -1,0 +1,124 @@
+"""Warming the cache before a training run: `idcfs prefetch`.
+
+Two ways in:
+- paths inside a running mount: every file under them is read through the
+  mount by parallel threads, which fills that mount's block cache (and the
+  page cache);
+- a selection (--manifest, --filter, --collection), no mount needed: the
+  series are LISTed and their files downloaded by parallel GETs straight into
+  the cache directory, which mounts using that directory then share.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .cache import BLOCK_SIZE, CacheDir, block_key
+from .namespace import Series
+from .store import ObjectInfo, ObjectStore
+
+READ_CHUNK = 1 << 20
+MAX_GET = 8 << 20
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    bytes: int = 0
+    already_cached: int = 0
+    failed: int = 0
+
+
+def _files_under(paths: list[Path]) -> list[tuple[str, int]]:
+    out = []
+    for p in paths:
+        if p.is_file():
+            out.append((str(p), p.stat().st_size))
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                out.append((path, os.stat(path).st_size))
+    return out
+
+
+def warm_paths(paths: list[Path], jobs: int, progress: bool = True) -> Summary:
+    """Read every file under paths once, `jobs` files at a time."""
+    files = _files_under(paths)
+    summary = Summary(files=len(files))
+    bar = tqdm(total=sum(s for _, s in files), unit="B", unit_scale=True, desc="prefetch", disable=not progress)
+
+    def read(path: str) -> None:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(READ_CHUNK):
+                bar.update(len(chunk))
+                summary.bytes += len(chunk)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for fut in as_completed([pool.submit(read, path) for path, _ in files]):
+            if fut.exception() is not None:
+                summary.failed += 1
+                tqdm.write(f"idcfs: {fut.exception()}")
+    bar.close()
+    return summary
+
+
+def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs: int, progress=True) -> Summary:
+    """LIST the series (or take their cached listing), then GET every file not fully cached."""
+    summary = Summary()
+
+    def listing(s: Series) -> list[tuple[Series, ObjectInfo]]:
+        known = cache.meta.listing(s.crdc_series_uuid)
+        if known is not None:
+            return [(s, ObjectInfo(*e)) for e in known]
+        objs = store.list_series(s.aws_bucket, s.crdc_series_uuid)
+        if objs:
+            cache.meta.set_listing(s.crdc_series_uuid, [(o.name, o.size, o.etag, o.mtime_ns) for o in objs])
+        cache.meta.add_counters({"list_requests": 1})
+        return [(s, o) for o in objs]
+
+    files: list[tuple[Series, ObjectInfo]] = []
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(listing, s) for s in series]
+        for fut in tqdm(as_completed(futures), total=len(futures), unit="series", desc="list", disable=not progress):
+            if fut.exception() is not None:
+                summary.failed += 1
+                tqdm.write(f"idcfs: {fut.exception()}")
+            else:
+                files += fut.result()
+    summary.files = len(files)
+
+    def cached(s: Series, o: ObjectInfo) -> bool:
+        nblocks = -(-o.size // BLOCK_SIZE)
+        return all(cache.blocks.has(block_key(s.crdc_series_uuid, o.name, i)) for i in range(nblocks))
+
+    bar = tqdm(total=sum(o.size for _, o in files), unit="B", unit_scale=True, desc="prefetch", disable=not progress)
+
+    def fetch(s: Series, o: ObjectInfo) -> None:
+        if cached(s, o):
+            summary.already_cached += 1
+            bar.update(o.size)
+            return
+        gets = 0
+        for start in range(0, o.size, MAX_GET):
+            end = min(o.size, start + MAX_GET)
+            data = store.read(s.aws_bucket, f"{s.crdc_series_uuid}/{o.name}", start, end, o.size)
+            cache.blocks.put_blocks(s.crdc_series_uuid, o.name, start // BLOCK_SIZE, data)
+            gets += 1
+            bar.update(len(data))
+        summary.bytes += o.size
+        cache.meta.add_counters({"get_requests": gets, "bytes_fetched": o.size, "misses": -(-o.size // BLOCK_SIZE)})
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for fut in as_completed([pool.submit(fetch, s, o) for s, o in files]):
+            if fut.exception() is not None:
+                summary.failed += 1
+                tqdm.write(f"idcfs: {fut.exception()}")
+    bar.close()
+    return summary
