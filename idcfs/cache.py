@@ -31,16 +31,22 @@ import diskcache
 log = logging.getLogger(__name__)
 
 DIGEST = 16
-# Chosen by measurement (bench/RESULTS.md): big enough that a sequential reader
-# costs few SQLite rows, small enough that one WSI tile drags in little else.
-BLOCK_SIZE = 1 << 20
+# Chosen by measurement (bench/RESULTS.md): small enough that one WSI tile drags
+# in little else, big enough that a sequential reader costs few SQLite rows.
+BLOCK_SIZE = 256 << 10
+WHOLE_FILE = 8 << 20  # files up to this size (most CT and MR) are one block
 DEFAULT_SIZE = 10 << 30
 COUNTERS = ("hits", "misses", "bytes_fetched", "get_requests", "list_requests", "corrupt_blocks")
 _DB_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
-def block_key(series_uuid: str, name: str, index: int) -> str:
-    return f"{series_uuid}/{name}@{index}"
+def block_size(file_size: int) -> int:
+    return max(file_size, 1) if file_size <= WHOLE_FILE else BLOCK_SIZE
+
+
+def block_key(series_uuid: str, name: str, size: int, index: int) -> str:
+    """Content address of block `index` of a file cut in blocks of `size` bytes."""
+    return f"{series_uuid}/{name}@{index}x{size}"
 
 
 def _digest(key: str, data: bytes) -> bytes:
@@ -106,10 +112,10 @@ class BlockCache(_Degradable):
         except _DB_ERRORS as e:
             self.warn_once("write", e)
 
-    def put_blocks(self, series_uuid: str, name: str, first: int, data: bytes) -> None:
-        """Store data, which starts at block `first` of the file, block by block."""
-        for k in range(0, len(data), BLOCK_SIZE):
-            self.put(block_key(series_uuid, name, first + k // BLOCK_SIZE), data[k : k + BLOCK_SIZE])
+    def put_blocks(self, series_uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
+        """Store data, which starts at block `first` of a file cut in blocks of bs bytes."""
+        for k in range(0, len(data), bs):
+            self.put(block_key(series_uuid, name, bs, first + k // bs), data[k : k + bs])
 
     def has(self, key: str) -> bool:
         try:

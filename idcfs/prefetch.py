@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import BLOCK_SIZE, CacheDir, block_key
+from .cache import CacheDir, block_key, block_size
 from .namespace import Series
 from .store import ObjectInfo, ObjectStore
 
@@ -95,8 +95,8 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
     summary.files = len(files)
 
     def cached(s: Series, o: ObjectInfo) -> bool:
-        nblocks = -(-o.size // BLOCK_SIZE)
-        return all(cache.blocks.has(block_key(s.crdc_series_uuid, o.name, i)) for i in range(nblocks))
+        bs = block_size(o.size)
+        return all(cache.blocks.has(block_key(s.crdc_series_uuid, o.name, bs, i)) for i in range(-(-o.size // bs)))
 
     bar = tqdm(total=sum(o.size for _, o in files), unit="B", unit_scale=True, desc="prefetch", disable=not progress)
 
@@ -105,15 +105,16 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
             summary.already_cached += 1
             bar.update(o.size)
             return
-        gets = 0
-        for start in range(0, o.size, MAX_GET):
-            end = min(o.size, start + MAX_GET)
+        gets, bs = 0, block_size(o.size)
+        step = max(bs, MAX_GET // bs * bs)
+        for start in range(0, o.size, step):
+            end = min(o.size, start + step)
             data = store.read(s.aws_bucket, f"{s.crdc_series_uuid}/{o.name}", start, end, o.size)
-            cache.blocks.put_blocks(s.crdc_series_uuid, o.name, start // BLOCK_SIZE, data)
+            cache.blocks.put_blocks(s.crdc_series_uuid, o.name, bs, start // bs, data)
             gets += 1
             bar.update(len(data))
         summary.bytes += o.size
-        cache.meta.add_counters({"get_requests": gets, "bytes_fetched": o.size, "misses": -(-o.size // BLOCK_SIZE)})
+        cache.meta.add_counters({"get_requests": gets, "bytes_fetched": o.size, "misses": -(-o.size // bs)})
 
     with ThreadPoolExecutor(jobs) as pool:
         for fut in as_completed([pool.submit(fetch, s, o) for s, o in files]):

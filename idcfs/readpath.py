@@ -1,15 +1,16 @@
 """The read path: (open file, offset, size) -> bytes, from memory, the block cache or ranged GETs.
 
-Instances are read in blocks of BLOCK_SIZE, looked up in a small memory LRU
-(the kernel asks in 128 KiB pieces), then in the persistent block cache, then
-fetched. What decides how much is fetched:
+A file is cut in blocks (cache.block_size): an instance up to WHOLE_FILE bytes
+(most CT and MR) is a single block, fetched whole in one GET on first touch;
+a larger one is cut in BLOCK_SIZE blocks. Blocks are looked up in a small
+memory LRU (the kernel asks in 128 KiB pieces), then in the persistent block
+cache, then fetched:
 
-- an instance up to WHOLE_FILE bytes (most CT and MR) is fetched whole, in
-  one GET, on first touch;
-- a sequential reader of a larger instance gets a readahead window that
-  doubles up to MAX_WINDOW and is fetched in the background as parallel GETs
-  of at most MAX_GET; a seek resets it, so reading one WSI tile fetches only
-  the blocks that tile touches;
+- a sequential reader of a large instance gets a readahead window, once it
+  has read READAHEAD_AFTER bytes in order (so header reads stay small). The
+  window doubles up to MAX_WINDOW and is fetched in the background as
+  parallel GETs of at most MAX_GET. A seek resets it, so reading one WSI tile
+  fetches only the blocks that tile touches;
 - opening the files of a directory in name order (SimpleITK, dcm2niix,
   `cp -r`) prefetches the next PREFETCH_FILES small files, within a global
   budget of bytes in flight and its own connection limit.
@@ -28,14 +29,13 @@ from collections import OrderedDict
 
 import trio
 
-from .cache import BLOCK_SIZE, BlockCache, block_key
+from .cache import WHOLE_FILE, BlockCache, block_key, block_size
 from .listing import InstanceFile
 from .store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
-BLOCK = BLOCK_SIZE
-WHOLE_FILE = 8 << 20
+READAHEAD_AFTER = 2 << 20
 FIRST_WINDOW = 2 << 20
 MAX_WINDOW = 64 << 20
 MAX_GET = 8 << 20
@@ -92,7 +92,7 @@ class OpenFile:
 
 
 def _nblocks(f: InstanceFile) -> int:
-    return -(-f.size // BLOCK)
+    return -(-f.size // block_size(f.size))
 
 
 def _runs(indexes: list[int], max_blocks: int):
@@ -136,21 +136,18 @@ class Reader:
         if offset >= f.size or size <= 0:
             return b""
         end = min(offset + size, f.size)
-        b0, b1 = offset // BLOCK, (end - 1) // BLOCK + 1
-        n = _nblocks(f)
+        bs = block_size(f.size)
+        b0, b1 = offset // bs, (end - 1) // bs + 1
         sequential = of.next_offset > 0 and abs(offset - of.next_offset) <= REORDER
         extra: list[int] = []
-        if f.size <= WHOLE_FILE:
-            extra = [i for i in range(n) if not b0 <= i < b1]
-        elif not sequential:  # a seek: only what is asked
+        if not sequential:  # a seek: only what is asked
             of.streak, of.ahead, of.window = end - offset, b1, FIRST_WINDOW
         else:
             of.streak += end - offset
-            # Read ahead only once a block has been read in order (a header read stays small),
-            # and issue the next window when the reader is half a window from the last one's end.
-            if of.streak >= BLOCK and b1 + of.window // BLOCK // 2 >= of.ahead:
+            # Issue the next window when the reader is half a window from the end of the last one.
+            if of.streak >= READAHEAD_AFTER and b1 + of.window // bs // 2 >= of.ahead:
                 lo = max(b1, of.ahead)
-                stop = min(n, lo + of.window // BLOCK)
+                stop = min(_nblocks(f), lo + of.window // bs)
                 extra = list(range(lo, stop))
                 of.ahead = stop
                 of.window = min(of.window * 2, MAX_WINDOW)
@@ -158,19 +155,19 @@ class Reader:
         blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
         self.bytes_read += end - offset
         if len(blocks) == 1:
-            return blocks[0][offset - b0 * BLOCK : end - b0 * BLOCK]
-        return b"".join(blocks)[offset - b0 * BLOCK : end - b0 * BLOCK]
+            return blocks[0][offset - b0 * bs : end - b0 * bs]
+        return b"".join(blocks)[offset - b0 * bs : end - b0 * bs]
 
     async def _blocks(self, f: InstanceFile, need: range, extra: list[int], limiter) -> list[bytes]:
         """Blocks `need` of f; blocks `extra` are only started, not waited for."""
         got: dict[int, bytes] = {}
         flights: dict[int, _Flight] = {}
         todo: list[int] = []
-        uuid = f.series.crdc_series_uuid
+        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
 
         def sort(indexes):
             for i in indexes:
-                k = block_key(uuid, f.name, i)
+                k = block_key(uuid, f.name, bs, i)
                 data = self.memory.get(k)
                 if data is not None:
                     if i in need:
@@ -185,16 +182,16 @@ class Reader:
         if todo and self.cache is not None:
             found = await trio.to_thread.run_sync(self._from_disk, f, todo, limiter=self.disk)
             for i, data in found.items():
-                self.memory.put(block_key(uuid, f.name, i), data)
+                self.memory.put(block_key(uuid, f.name, bs, i), data)
                 if i in need:
                     got[i] = data
             self.hits += len(found)
             rest, todo = [i for i in todo if i not in found], []
             sort(rest)  # another reader may have started these meanwhile
-        for lo, hi in _runs(todo, MAX_GET // BLOCK):
+        for lo, hi in _runs(todo, max(1, MAX_GET // bs)):
             flight = _Flight()
             for i in range(lo, hi):
-                self._flights[block_key(uuid, f.name, i)] = flight
+                self._flights[block_key(uuid, f.name, bs, i)] = flight
                 flights[i] = flight
             self.nursery.start_soon(self._fetch, f, lo, hi, flight, limiter)
         for i in need:
@@ -207,21 +204,18 @@ class Reader:
         return [got[i] for i in need]
 
     def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, bytes]:
+        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
         found = {}
         for i in indexes:
-            data = self.cache.get(block_key(f.series.crdc_series_uuid, f.name, i), self._block_len(f, i))
+            data = self.cache.get(block_key(uuid, f.name, bs, i), min(bs, f.size - i * bs))
             if data is not None:
                 found[i] = data
         return found
 
-    @staticmethod
-    def _block_len(f: InstanceFile, i: int) -> int:
-        return min(BLOCK, f.size - i * BLOCK)
-
     async def _fetch(self, f: InstanceFile, lo: int, hi: int, flight: _Flight, limiter) -> None:
         """Background task: one ranged GET for blocks [lo, hi). Never raises; waiters see flight.error."""
-        start, end = lo * BLOCK, min(hi * BLOCK, f.size)
-        uuid = f.series.crdc_series_uuid
+        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
+        start, end = lo * bs, min(hi * bs, f.size)
         self.in_flight += 1
         data = b""
         try:
@@ -232,9 +226,9 @@ class Reader:
             self.bytes_fetched += len(data)
             self.misses += hi - lo
             for i in range(lo, hi):
-                block = data[(i - lo) * BLOCK : (i - lo + 1) * BLOCK]
+                block = data[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
                 flight.blocks[i] = block
-                self.memory.put(block_key(uuid, f.name, i), block)
+                self.memory.put(block_key(uuid, f.name, bs, i), block)
         except BaseException as e:
             flight.error = e
             if not isinstance(e, Exception):
@@ -243,10 +237,10 @@ class Reader:
         finally:
             self.in_flight -= 1
             for i in range(lo, hi):
-                self._flights.pop(block_key(uuid, f.name, i), None)
+                self._flights.pop(block_key(uuid, f.name, bs, i), None)
             flight.done.set()
         if flight.error is None and self.cache is not None:
-            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, f.name, lo, data, limiter=self.disk)
+            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, f.name, bs, lo, data, limiter=self.disk)
 
     # -- series prefetch
 
