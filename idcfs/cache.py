@@ -57,11 +57,10 @@ def _digest(key: str, data: bytes) -> bytes:
 
 
 class _Degradable:
-    """Log the first failure of a kind once; afterwards stay quiet."""
+    """Log the first failure of a kind once per process, whichever store hit it; then stay quiet."""
 
-    def __init__(self):
-        self._warned: set[str] = set()
-        self._lock = threading.Lock()
+    _warned: set[str] = set()
+    _lock = threading.Lock()
 
     def warn_once(self, what: str, err: Exception) -> None:
         with self._lock:
@@ -73,7 +72,6 @@ class _Degradable:
 
 class BlockCache(_Degradable):
     def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE):
-        super().__init__()
         self.directory = Path(directory)
         self.size_limit = size_limit
         self.corrupt = 0
@@ -140,7 +138,6 @@ class MetaCache(_Degradable):
     """Series listings and lifetime counters."""
 
     def __init__(self, directory: Path):
-        super().__init__()
         self._cache = diskcache.Cache(str(directory), timeout=5, eviction_policy="none", size_limit=1 << 62)
 
     def listing(self, series_uuid: str) -> list[tuple] | None:

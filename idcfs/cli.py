@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="default WARNING",
     )
+    m.add_argument(
+        "--log-file", type=Path, default=None, metavar="FILE", help="daemon log (default: CACHE_DIR/idcfs.log)"
+    )
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     u = sub.add_parser("unmount", help="unmount an idcfs mount", description="Unmount an idcfs mount.")
@@ -199,6 +202,13 @@ def _validate_mount_args(args) -> None:
     _check_url("--gcs-endpoint", args.gcs_endpoint)
     args.cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
     args.cache_size = _parse_cache_size(args.cache_size)
+    if args.log_file is not None:
+        args.log_file = Path(os.path.abspath(os.path.expanduser(args.log_file)))
+        try:
+            with open(args.log_file, "ab"):
+                pass
+        except OSError as e:
+            raise UsageError(f"--log-file {args.log_file}: {e.strerror}") from None
     if args.index is not None and not args.index.is_file():
         raise UsageError(f"--index {args.index} is not a file")
     if args.manifest is not None and not args.manifest.is_file():
@@ -212,7 +222,7 @@ def _validate_mount_args(args) -> None:
 def _daemonize(argv: list[str], args) -> int:
     """Run `idcfs mount --foreground` in a new session; wait until it says ready."""
     read_fd, write_fd = os.pipe()
-    log_path = args.cache_dir / "idcfs.log"
+    log_path = args.log_file or args.cache_dir / "idcfs.log"
     child_argv = [sys.executable, "-m", "idcfs", *argv, "--foreground", "--ready-fd", str(write_fd)]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(

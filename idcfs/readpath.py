@@ -65,6 +65,9 @@ class _Memory:
         self.size = 0
         self._blocks: OrderedDict[str, bytes] = OrderedDict()
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._blocks
+
     def get(self, key: str) -> bytes | None:
         data = self._blocks.get(key)
         if data is not None:
@@ -140,17 +143,20 @@ class Reader:
         b0, b1 = offset // bs, (end - 1) // bs + 1
         sequential = of.next_offset > 0 and abs(offset - of.next_offset) <= REORDER
         extra: list[int] = []
-        if not sequential:  # a seek: only what is asked
-            of.streak, of.ahead, of.window = end - offset, b1, FIRST_WINDOW
-        else:
-            of.streak += end - offset
-            # Issue the next window when the reader is half a window from the end of the last one.
-            if of.streak >= READAHEAD_AFTER and b1 + of.window // bs // 2 >= of.ahead:
-                lo = max(b1, of.ahead)
-                stop = min(_nblocks(f), lo + of.window // bs)
-                extra = list(range(lo, stop))
-                of.ahead = stop
-                of.window = min(of.window * 2, MAX_WINDOW)
+        if not sequential:
+            # A jump to just behind what another reader of this file fetched continues that
+            # stream (readers sharing the page cache each see only the pages still missing).
+            follows = b0 > 0 and self._known(f, bs, b0 - 1)
+            of.streak, of.ahead, of.window = (READAHEAD_AFTER if follows else 0), b1, FIRST_WINDOW
+        of.streak += end - offset
+        # Read ahead once enough was read in order (header reads stay small); issue the
+        # next window when the reader is half a window from the end of the last one.
+        if of.streak >= READAHEAD_AFTER and b1 + of.window // bs // 2 >= of.ahead:
+            lo = max(b1, of.ahead)
+            stop = min(_nblocks(f), lo + of.window // bs)
+            extra = list(range(lo, stop))
+            of.ahead = stop
+            of.window = min(of.window * 2, MAX_WINDOW)
         of.next_offset = max(of.next_offset, end) if sequential else end
         blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
         self.bytes_read += end - offset
@@ -202,6 +208,11 @@ class Reader:
                     raise StoreError(str(flight.error) or type(flight.error).__name__)
                 got[i] = flight.blocks[i]
         return [got[i] for i in need]
+
+    def _known(self, f: InstanceFile, bs: int, i: int) -> bool:
+        """Block i was fetched or is being fetched lately."""
+        k = block_key(f.series.crdc_series_uuid, f.name, bs, i)
+        return k in self._flights or k in self.memory
 
     def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, bytes]:
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)

@@ -66,9 +66,9 @@ class SandboxState:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def cohort_rows(index_path: Path) -> list[SeriesRow]:
+def cohort_rows(index_path: Path, cohort=COHORT) -> list[SeriesRow]:
     con = duckdb.connect()
-    uuids = [c[0] for c in COHORT]
+    uuids = [c[0] for c in cohort]
     rows = con.execute(
         "SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, Modality, crdc_series_uuid, aws_bucket "
         "FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?))",
@@ -81,11 +81,11 @@ def cohort_rows(index_path: Path) -> list[SeriesRow]:
     return [by_uuid[u] for u in uuids]
 
 
-def generate(data_dir: Path, index_path: Path) -> tuple[list[SeriesRow], dict[str, str]]:
+def generate(data_dir: Path, index_path: Path, cohort=COHORT) -> tuple[list[SeriesRow], dict[str, str]]:
     """Write the cohort's files (once); return the rows and {aws_bucket/key: sha256}."""
-    rows = cohort_rows(index_path)
+    rows = cohort_rows(index_path, cohort)
     stamp = data_dir / "cohort.json"
-    wanted = {"format": FORMAT_VERSION, "seed": SEED, "cohort": [list(c[:2]) for c in COHORT]}
+    wanted = {"format": FORMAT_VERSION, "seed": SEED, "cohort": [list(c[:2]) for c in cohort]}
     if stamp.exists():
         saved = json.loads(stamp.read_text())
         if saved.get("spec") == wanted:
@@ -95,8 +95,8 @@ def generate(data_dir: Path, index_path: Path) -> tuple[list[SeriesRow], dict[st
     objects: dict[str, str] = {}
     by_uuid = {r.crdc_series_uuid: r for r in rows}
     written: dict[str, list] = {}
-    bar = tqdm(total=sum(c[1] for c in COHORT), desc="generating sandbox DICOM", unit="file")
-    for uuid, n, _role in COHORT:
+    bar = tqdm(total=sum(c[1] for c in cohort), desc="generating sandbox DICOM", unit="file")
+    for uuid, n, _role in cohort:
         row = by_uuid[uuid]
         sources = None
         if row.Modality in ("SEG", "SR"):
@@ -159,8 +159,11 @@ def _fake_gcs_binary() -> str:
 class Sandbox:
     """Start both origins; use as a context manager or call start()/stop()."""
 
-    def __init__(self, data_dir: Path, s3_port: int = 0, gcs_port: int = 0, index_path: Path | None = None):
+    def __init__(
+        self, data_dir: Path, s3_port: int = 0, gcs_port: int = 0, index_path: Path | None = None, cohort=COHORT
+    ):
         self.data_dir = Path(data_dir)
+        self.cohort = cohort
         self.s3_port = s3_port or free_port()
         self.gcs_port = gcs_port or free_port()
         if index_path is None:
@@ -181,12 +184,12 @@ class Sandbox:
 
     def start(self) -> SandboxState:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        rows, objects = generate(self.data_dir, self.index_path)
+        rows, objects = generate(self.data_dir, self.index_path, self.cohort)
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         self.start_s3()
         self.start_gcs()
-        self._fill_s3(objects)
+        self.fill_s3(objects)
         manifest = self.data_dir / "manifest.s5cmd"
         manifest.write_text("".join(f"cp s3://{r.aws_bucket}/{r.crdc_series_uuid}/* .\n" for r in rows))
         self.state = SandboxState(
@@ -232,7 +235,7 @@ class Sandbox:
             self.procs["gcs"] = subprocess.Popen(cmd, stdout=out, stderr=out)
         _wait_http(self.gcs_endpoint + "/storage/v1/b")
 
-    def _fill_s3(self, objects: dict[str, str]) -> None:
+    def fill_s3(self, objects: dict[str, str]) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
 

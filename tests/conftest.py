@@ -42,21 +42,25 @@ def cache_root(tmp_path_factory):
 
 
 class Mounter:
-    def __init__(self, tmp_path: Path, sandbox, cache_root: Path):
+    def __init__(self, tmp_path: Path, sandbox):
         self.tmp_path = tmp_path
         self.sandbox = sandbox
-        self.cache_root = cache_root
         self.mounted: list[Path] = []
         self.n = 0
 
-    def __call__(self, *extra, source="aws", manifest=True, name=None) -> Path:
+    def __call__(
+        self, *extra, source="aws", manifest=True, name=None, cache_dir=None, s3_endpoint=None, gcs_endpoint=None
+    ) -> Path:
+        """Mount with the CLI. By default each mount gets a fresh cache directory, so reads reach the origin."""
         self.n += 1
         mnt = self.tmp_path / (name or f"mnt{self.n}")
-        mnt.mkdir()
-        args = ["mount", mnt, "--cache-dir", self.cache_root, "--source", source]
-        args += ["--s3-endpoint", self.sandbox.s3_endpoint, "--gcs-endpoint", self.sandbox.gcs_endpoint]
+        mnt.mkdir(exist_ok=True)
+        cache_dir = cache_dir or self.tmp_path / f"cache{self.n}"
+        args = ["mount", mnt, "--cache-dir", cache_dir, "--source", source]
+        args += ["--s3-endpoint", s3_endpoint or self.sandbox.s3_endpoint]
+        args += ["--gcs-endpoint", gcs_endpoint or self.sandbox.gcs_endpoint]
         if manifest:
-            args += ["--manifest", self.sandbox.manifest]
+            args += ["--manifest", self.sandbox.manifest if manifest is True else manifest]
         r = idcfs(*args, *extra)
         assert r.returncode == 0, r.stderr
         assert os.path.ismount(mnt)
@@ -69,8 +73,8 @@ class Mounter:
 
 
 @pytest.fixture
-def mount(tmp_path, sandbox, cache_root):
-    m = Mounter(tmp_path, sandbox, cache_root)
+def mount(tmp_path, sandbox):
+    m = Mounter(tmp_path, sandbox)
     yield m
     m.cleanup()
 
@@ -82,3 +86,33 @@ def origin_files(state) -> dict[str, str]:
 
 def mount_stats(mnt: Path) -> dict:
     return json.loads(os.getxattr(mnt, "user.idc.stats"))
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def uuid_of(path: Path) -> str:
+    return os.getxattr(path, "user.idc.crdc_series_uuid").decode()
+
+
+def read_all(root: Path) -> dict[str, str]:
+    """{'<crdc_series_uuid>/<name>': sha256} of every file under root, read through the mount."""
+    from idcfs.sandbox import sha256_file
+
+    return {f"{uuid_of(p)}/{p.name}": sha256_file(p) for p in files_under(root)}
+
+
+def series_dir(mnt: Path, crdc_series_uuid: str, state) -> Path:
+    row = next(s for s in state.series if s["crdc_series_uuid"] == crdc_series_uuid)
+    return (
+        mnt
+        / row["collection_id"]
+        / row["PatientID"]
+        / row["StudyInstanceUID"]
+        / (f"{row['Modality']}_{row['SeriesInstanceUID']}")
+    )
+
+
+def by_modality(state, modality: str) -> dict:
+    return next(s for s in state.series if s["Modality"] == modality)
