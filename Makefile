@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test lint bench system-deps clean
+.PHONY: demo demo-stop test lint bench bench-deps system-deps clean
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null; then \
@@ -47,8 +47,15 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format idcfs tests bench
 	$(VENV)/bin/ruff check --fix idcfs tests bench
 
-bench: $(VENV)/.installed
+bench-deps:
+	@if ! command -v rclone >/dev/null || ! command -v s3fs >/dev/null; then \
+		echo "installing the peers: rclone, s3fs"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq rclone s3fs >/dev/null; \
+	fi
+
+bench: $(VENV)/.installed bench-deps
 	$(PY) -m bench
+	$(PY) -m bench.stream
 
 clean: demo-stop
 	rm -rf $(VENV) .sandbox

@@ -13,6 +13,8 @@ Faults are drawn per request with probability `fault_rate` from `faults`:
 - "stall": send nothing for `stall_seconds`;
 - "wrong_size": a body one byte longer than the real one, with a matching header.
 `down = True` refuses service outright (every connection is closed at once).
+`delay` adds that many seconds before each request is forwarded: a stand-in for
+network round-trip time where the kernel has no netem.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FaultProxy:
         self.faults: tuple[str, ...] = FAULTS
         self.stall_seconds = 120.0
         self.down = False
+        self.delay = 0.0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +123,8 @@ class FaultProxy:
         if self.down:
             request.transport.close()
             raise ConnectionResetError
+        if self.delay:
+            await asyncio.sleep(self.delay)
         fault = self._draw()
         if fault == "stall":
             await asyncio.sleep(self.stall_seconds)
@@ -134,6 +139,13 @@ class FaultProxy:
         ) as up:
             body = await up.read()
         out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+        if request.method == "HEAD":  # no body, but the object's real length
+            resp = web.StreamResponse(status=up.status, headers=out_headers)
+            if "Content-Length" in up.headers:
+                resp.headers["Content-Length"] = up.headers["Content-Length"]
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
         if fault == "wrong_size":
             body += b"\0"
         resp = web.StreamResponse(status=up.status, headers=out_headers)

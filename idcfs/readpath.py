@@ -41,9 +41,9 @@ MAX_WINDOW = 64 << 20
 MAX_GET = 8 << 20
 REORDER = 1 << 20  # the kernel may deliver a sequential reader's requests slightly out of order
 MEMORY = 256 << 20
-PREFETCH_FILES = 16
+PREFETCH_FILES = 32
 PREFETCH_BUDGET = 128 << 20
-PREFETCH_CONNECTIONS = 8
+PREFETCH_CONNECTIONS = 16
 
 
 class _Flight:

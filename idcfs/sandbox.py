@@ -255,7 +255,7 @@ class Sandbox:
                     {
                         "Effect": "Allow",
                         "Principal": "*",
-                        "Action": ["s3:GetObject", "s3:ListBucket"],
+                        "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadObject"],  # moto checks HEAD separately
                         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
                     }
                 ],
