@@ -293,7 +293,13 @@ def cmd_mount(args, argv: list[str]) -> int:
 
     drop_credentials()
     store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
-    cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
+    try:
+        cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
+    except Exception as e:  # a damaged SQLite file, a full disk at start
+        msg = f"cache directory {args.cache_dir} is not usable ({e}): pass another --cache-dir or delete it"
+        _report(args.ready_fd, f"usage: {msg}")
+        print(f"idcfs: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
     ops = IdcOperations(ns, store, cache, mtime_ns=int(Path(index).stat().st_mtime) * 1_000_000_000)
 
     def ready():

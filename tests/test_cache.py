@@ -276,3 +276,17 @@ def test_block_cache_rejects_damaged_values(tmp_path):
     a.write_bytes(b_bytes)  # values swapped between keys
     b.write_bytes(a_bytes)
     assert cache.get(key, len(data)) is None and cache.get(other, 100_000) is None
+
+
+def test_damaged_cache_database_is_one_line_error(sandbox, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "blocks").mkdir(parents=True)
+    (cache / "blocks" / "cache.db").write_text("not a database")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = idcfs("mount", mnt, "--cache-dir", cache, "--manifest", sandbox.manifest, "--s3-endpoint", sandbox.s3_endpoint)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cache directory" in r.stderr, r.stderr
+    assert not os.path.ismount(mnt)
+    for size in ("lots", "10Q", "1M"):
+        r = idcfs("mount", mnt, "--cache-dir", tmp_path / "c2", "--cache-size", size)
+        assert r.returncode == 2 and "--cache-size" in r.stderr and r.stderr.count("\n") == 1, r.stderr
