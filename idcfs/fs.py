@@ -83,6 +83,8 @@ class IdcOperations(pyfuse3.Operations):
 
     def close(self) -> None:
         self.flush_counters()
+        if self.cache is not None:
+            self.cache.close()
 
     def _lifetime_counters(self) -> dict[str, int]:
         r = self.reader

@@ -41,9 +41,9 @@ MAX_WINDOW = 64 << 20
 MAX_GET = 8 << 20
 REORDER = 1 << 20  # the kernel may deliver a sequential reader's requests slightly out of order
 MEMORY = 256 << 20
-PREFETCH_FILES = 32
-PREFETCH_BUDGET = 128 << 20
-PREFETCH_CONNECTIONS = 16
+PREFETCH_FILES = 64
+PREFETCH_BUDGET = 256 << 20
+PREFETCH_CONNECTIONS = 32
 
 
 class _Flight:
@@ -113,7 +113,7 @@ class Reader:
         self.cache = cache
         self.limiter = limiter
         self.prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONNECTIONS)
-        self.disk = trio.CapacityLimiter(4)
+        self.disk = trio.CapacityLimiter(16)
         self.memory = _Memory(MEMORY)
         self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
@@ -131,6 +131,16 @@ class Reader:
 
     def attach(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
+        if self.cache is not None:
+            nursery.start_soon(self._touch_every, 2.0)
+
+    async def _touch_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            try:
+                await trio.to_thread.run_sync(self.cache.touch, limiter=self.disk)
+            except Exception as e:
+                log.warning("cache access times not saved: %s", e)
 
     # -- reads
 
