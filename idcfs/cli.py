@@ -195,12 +195,21 @@ def _parse_cache_size(text: str) -> int:
     return size
 
 
-def _validate_mount_args(args) -> None:
-    from .mount import MountError, check_mountpoint
-
+def _validate_origin_args(args) -> None:
+    """Endpoints, cache directory, index and manifest: shared by mount and prefetch."""
     _check_url("--s3-endpoint", args.s3_endpoint)
     _check_url("--gcs-endpoint", args.gcs_endpoint)
     args.cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
+    if args.index is not None and not args.index.is_file():
+        raise UsageError(f"--index {args.index} is not a file")
+    if args.manifest is not None and not args.manifest.is_file():
+        raise UsageError(f"--manifest {args.manifest} is not a file")
+
+
+def _validate_mount_args(args) -> None:
+    from .mount import MountError, check_mountpoint
+
+    _validate_origin_args(args)
     args.cache_size = _parse_cache_size(args.cache_size)
     if args.log_file is not None:
         args.log_file = Path(os.path.abspath(os.path.expanduser(args.log_file)))
@@ -209,10 +218,6 @@ def _validate_mount_args(args) -> None:
                 pass
         except OSError as e:
             raise UsageError(f"--log-file {args.log_file}: {e.strerror}") from None
-    if args.index is not None and not args.index.is_file():
-        raise UsageError(f"--index {args.index} is not a file")
-    if args.manifest is not None and not args.manifest.is_file():
-        raise UsageError(f"--manifest {args.manifest} is not a file")
     try:
         args.mountpoint = check_mountpoint(args.mountpoint)
     except MountError as e:
@@ -427,19 +432,15 @@ def cmd_prefetch(args) -> int:
         from .store import ObjectStore, drop_credentials
 
         try:
-            _check_url("--s3-endpoint", args.s3_endpoint)
-            _check_url("--gcs-endpoint", args.gcs_endpoint)
-            cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
-            if args.manifest is not None and not args.manifest.is_file():
-                raise UsageError(f"--manifest {args.manifest} is not a file")
+            _validate_origin_args(args)
             sel = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
-            ns = Namespace(args.index or _default_index(), selection=sel, cache_dir=cache_dir)
+            ns = Namespace(args.index or _default_index(), selection=sel, cache_dir=args.cache_dir)
         except (UsageError, SelectionError) as e:
             print(f"idcfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         drop_credentials()
         store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
-        cache = CacheDir(cache_dir)
+        cache = CacheDir(args.cache_dir)
         try:
             summary = warm_series(cache, store, ns.all_series(), args.jobs, progress=not args.quiet)
         finally:

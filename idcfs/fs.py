@@ -195,7 +195,8 @@ class IdcOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         dir_id = self._dir_id(fh)
         if self.ns.is_leaf(dir_id):
-            files = list((await self.listings.files_of(dir_id)).values())
+            await self.listings.files_of(dir_id)
+            files = self.listings.in_order(dir_id)
             for i in range(start_id, len(files)):
                 if not pyfuse3.readdir_reply(token, files[i].name.encode(), self._file_attr(files[i]), i + 1):
                     return

@@ -15,7 +15,7 @@ from idcfs.cache import BlockCache, block_key, parse_size
 from idcfs.faultproxy import FaultProxy
 from idcfs.sandbox import Sandbox, sha256_file
 
-from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir
+from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
 
 
 def cache_stats(cache: Path) -> dict:
@@ -105,7 +105,7 @@ READER = textwrap.dedent(
 def test_16_concurrent_reader_processes(mount, sandbox):
     mnt = mount()
     paths = files_under(mnt)
-    want = {str(p): sandbox.objects[f"{_bucket(p)}/{_key(p)}"] for p in paths}
+    want = {str(p): sandbox.objects[f"{_bucket(p)}/{uuid_of(p)}/{p.name}"] for p in paths}
     procs = [
         subprocess.Popen([sys.executable, "-c", READER, json.dumps(list(want)), str(seed)], stdout=subprocess.PIPE)
         for seed in range(16)
@@ -121,10 +121,6 @@ def test_16_concurrent_reader_processes(mount, sandbox):
 
 def _bucket(p: Path) -> str:
     return os.getxattr(p, "user.idc.aws_bucket").decode()
-
-
-def _key(p: Path) -> str:
-    return f"{os.getxattr(p, 'user.idc.crdc_series_uuid').decode()}/{p.name}"
 
 
 def test_reads_continue_from_gcs_when_s3_stops(mount, sandbox, tmp_path):
