@@ -53,7 +53,7 @@ class _Flight:
 
     def __init__(self):
         self.done = trio.Event()
-        self.blocks: dict[int, bytes] = {}
+        self.blocks: dict[int, bytes | memoryview] = {}
         self.error: BaseException | None = None
 
 
@@ -144,7 +144,7 @@ class Reader:
 
     # -- reads
 
-    async def read(self, of: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, of: OpenFile, offset: int, size: int) -> bytes | memoryview:
         f = of.file
         if offset >= f.size or size <= 0:
             return b""
@@ -170,61 +170,58 @@ class Reader:
         of.next_offset = max(of.next_offset, end) if sequential else end
         blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
         self.bytes_read += end - offset
+        first, last = memoryview(blocks[0]), memoryview(blocks[-1])
         if len(blocks) == 1:
-            return blocks[0][offset - b0 * bs : end - b0 * bs]
-        return b"".join(blocks)[offset - b0 * bs : end - b0 * bs]
+            return first[offset - b0 * bs : end - b0 * bs]
+        return b"".join([first[offset - b0 * bs :], *blocks[1:-1], last[: end - (b1 - 1) * bs]])
 
-    async def _blocks(self, f: InstanceFile, need: range, extra: list[int], limiter) -> list[bytes]:
-        """Blocks `need` of f; blocks `extra` are only started, not waited for."""
-        got: dict[int, bytes] = {}
-        flights: dict[int, _Flight] = {}
+    def _start(self, f: InstanceFile, indexes, limiter) -> dict[int, bytes | memoryview | _Flight]:
+        """Each of `indexes`: its bytes if in memory, else the flight that will deliver it (started here if none)."""
+        out: dict[int, bytes | memoryview | _Flight] = {}
         todo: list[int] = []
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
+        for i in indexes:
+            k = block_key(uuid, f.name, bs, i)
+            data = self.memory.get(k)
+            if data is not None:
+                out[i] = data
+            elif k in self._flights:
+                out[i] = self._flights[k]
+            else:
+                todo.append(i)
+        if todo:
+            # One flight per GET-sized run, so a reader waits only for the run holding its block.
+            runs = [(lo, hi, _Flight()) for lo, hi in _runs(todo, max(1, MAX_GET // bs))]
+            for lo, hi, flight in runs:
+                for i in range(lo, hi):
+                    self._flights[block_key(uuid, f.name, bs, i)] = out[i] = flight
+            self.nursery.start_soon(self._load, f, runs, limiter)
+        return out
 
-        def sort(indexes):
-            for i in indexes:
-                k = block_key(uuid, f.name, bs, i)
-                data = self.memory.get(k)
-                if data is not None:
-                    if i in need:
-                        got[i] = data
-                        self.memory_hits += 1
-                elif k in self._flights:
-                    flights[i] = self._flights[k]
-                else:
-                    todo.append(i)
-
-        sort(itertools.chain(need, extra))
-        if todo and self.cache is not None:
-            found = await trio.to_thread.run_sync(self._from_disk, f, todo, limiter=self.disk)
-            for i, data in found.items():
-                self.memory.put(block_key(uuid, f.name, bs, i), data)
-                if i in need:
-                    got[i] = data
-            self.hits += len(found)
-            rest, todo = [i for i in todo if i not in found], []
-            sort(rest)  # another reader may have started these meanwhile
-        for lo, hi in _runs(todo, max(1, MAX_GET // bs)):
-            flight = _Flight()
-            for i in range(lo, hi):
-                self._flights[block_key(uuid, f.name, bs, i)] = flight
-                flights[i] = flight
-            self.nursery.start_soon(self._fetch, f, lo, hi, flight, limiter)
+    async def _blocks(self, f: InstanceFile, need: range, extra: list[int], limiter) -> list[bytes | memoryview]:
+        """Blocks `need` of f; blocks `extra` are only started, not waited for."""
+        if extra:
+            self._start(f, extra, limiter)
+        out = []
+        started = self._start(f, need, limiter)
         for i in need:
-            if i not in got:
-                flight = flights[i]
-                await flight.done.wait()
-                if flight.error is not None:
-                    raise StoreError(str(flight.error) or type(flight.error).__name__)
-                got[i] = flight.blocks[i]
-        return [got[i] for i in need]
+            got = started[i]
+            if isinstance(got, _Flight):
+                await got.done.wait()
+                if i not in got.blocks:
+                    raise StoreError(str(got.error) or type(got.error).__name__)
+                got = got.blocks[i]
+            else:
+                self.memory_hits += 1
+            out.append(got)
+        return out
 
     def _known(self, f: InstanceFile, bs: int, i: int) -> bool:
         """Block i was fetched or is being fetched lately."""
         k = block_key(f.series.crdc_series_uuid, f.name, bs, i)
         return k in self._flights or k in self.memory
 
-    def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, bytes]:
+    def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, memoryview]:
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
         found = {}
         for i in indexes:
@@ -233,23 +230,56 @@ class Reader:
                 found[i] = data
         return found
 
-    async def _fetch(self, f: InstanceFile, lo: int, hi: int, flight: _Flight, limiter) -> None:
-        """Background task: one ranged GET for blocks [lo, hi). Never raises; waiters see flight.error."""
-        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
-        start, end = lo * bs, min(hi * bs, f.size)
-        self.in_flight += 1
-        data = b""
+    async def _load(self, f: InstanceFile, runs: list[tuple[int, int, _Flight]], limiter) -> None:
+        """Background task: the runs' blocks from the disk cache (one thread hop), the rest by GET."""
+        found: dict[int, memoryview] = {}
         try:
-            data = await trio.to_thread.run_sync(
-                self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
-            )
-            self.get_requests += 1
-            self.bytes_fetched += len(data)
-            self.misses += hi - lo
-            for i in range(lo, hi):
-                block = data[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
-                flight.blocks[i] = block
-                self.memory.put(block_key(uuid, f.name, bs, i), block)
+            if self.cache is not None:
+                wanted = [i for lo, hi, _ in runs for i in range(lo, hi)]
+                found = await trio.to_thread.run_sync(self._from_disk, f, wanted, limiter=self.disk)
+                self.hits += len(found)
+        except BaseException as e:  # cancelled: waiters must not wait forever
+            for lo, hi, flight in runs:
+                flight.error = e
+                for i in range(lo, hi):
+                    self._flights.pop(block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i), None)
+                flight.done.set()
+            raise
+        async with trio.open_nursery() as nursery:
+            for lo, hi, flight in runs:
+                for i in range(lo, hi):
+                    if i in found:
+                        self._deliver(f, i, found[i], flight)
+                missing = [i for i in range(lo, hi) if i not in found]
+                if missing:
+                    nursery.start_soon(self._fetch, f, missing, flight, limiter)
+                else:
+                    flight.done.set()
+
+    def _deliver(self, f: InstanceFile, i: int, data, flight: _Flight) -> None:
+        k = block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i)
+        flight.blocks[i] = data
+        self.memory.put(k, data)
+        self._flights.pop(k, None)
+
+    async def _fetch(self, f: InstanceFile, missing: list[int], flight: _Flight, limiter) -> None:
+        """Ranged GETs for the missing blocks of one flight. Never raises; waiters see flight.error."""
+        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
+        self.in_flight += 1
+        try:
+            for lo, hi in _runs(missing, len(missing)):
+                start, end = lo * bs, min(hi * bs, f.size)
+                data = await trio.to_thread.run_sync(
+                    self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
+                )
+                self.get_requests += 1
+                self.bytes_fetched += len(data)
+                self.misses += hi - lo
+                view = memoryview(data)
+                for i in range(lo, hi):
+                    self._deliver(f, i, view[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data, flight)
+                if self.cache is not None:
+                    self.nursery.start_soon(self._store, uuid, f.name, bs, lo, data)
         except BaseException as e:
             flight.error = e
             if not isinstance(e, Exception):
@@ -257,11 +287,12 @@ class Reader:
             log.warning("%s", e)
         finally:
             self.in_flight -= 1
-            for i in range(lo, hi):
+            for i in missing:
                 self._flights.pop(block_key(uuid, f.name, bs, i), None)
             flight.done.set()
-        if flight.error is None and self.cache is not None:
-            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, f.name, bs, lo, data, limiter=self.disk)
+
+    async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
+        await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
 
     # -- series prefetch
 
