@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--latency-ms", type=float, nargs="+", default=[20.0, 0.0])
     p.add_argument("--tools", nargs="+", default=["local disk", "s5cmd", "idcfs", "rclone mount", "s3fs-fuse"])
+    p.add_argument("--workers", type=int, default=8, help="reader processes in the epochs (default 8)")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "stream.json")
     args = p.parse_args(argv)
 
@@ -240,9 +241,9 @@ def main(argv=None) -> int:
                             with MOUNTS[tool](state, proxy.url, work) as src:
                                 paths = [str(f) for u in uuids for f in sorted(src(u).iterdir())]
                                 drop_caches()
-                                cold = epoch(paths)
+                                cold = epoch(paths, workers=args.workers)
                                 drop_caches()  # the second epoch: idcfs serves from its block cache
-                                warm = epoch(paths, seed=1)
+                                warm = epoch(paths, workers=args.workers, seed=1)
                                 epochs.append({"cold": cold, "warm": warm})
                     runs[tool] = {"series_MBps": _summary(rates), "epochs": epochs}
                     print(f"{latency:g} ms  {tool:<14} series in order: {statistics.median(rates):7.1f} MB/s "

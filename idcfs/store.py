@@ -66,7 +66,13 @@ class ObjectInfo:
 
 
 class _Provider:
-    """One bucket provider (AWS S3 or the GCS mirror) behind an unsigned fsspec client."""
+    """One bucket provider (AWS S3 or the GCS mirror) behind an unsigned fsspec client.
+
+    Every call, retries included, is cut off after DEADLINE seconds: gcsfs retries six times with
+    up to 32 s of backoff, and a stalled origin must not hold a reader for minutes.
+    """
+
+    DEADLINE = 30.0
 
     def __init__(self, name: str, endpoint: str):
         self.name = name
@@ -122,7 +128,7 @@ class _Provider:
     def list_series(self, aws_bucket: str, crdc_series_uuid: str) -> list[ObjectInfo]:
         prefix = f"{self.bucket(aws_bucket)}/{crdc_series_uuid}"
         try:
-            entries = self.fs.ls(prefix, detail=True)
+            entries = self.fs.ls(prefix, detail=True, timeout=self.DEADLINE)
         except FileNotFoundError:
             return []
         out = []
@@ -136,7 +142,8 @@ class _Provider:
 
     def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool) -> bytes:
         # Asking one byte past the listed end exposes an object longer than listed.
-        data = self.fs.cat_file(f"{self.bucket(aws_bucket)}/{key}", start=start, end=end + at_eof)
+        path = f"{self.bucket(aws_bucket)}/{key}"
+        data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.DEADLINE)
         if len(data) != end - start:
             raise StoreError(f"{len(data)} bytes instead of {end - start}")
         return data
@@ -198,7 +205,7 @@ class ObjectStore:
                         log.warning(
                             "%s keeps failing (%s); using the other provider for %ds", p.name, e, self.DOWN_SECONDS
                         )
-                errors.append(f"{p.name}: {e}")
+                errors.append(f"{p.name}: {e or type(e).__name__}")
                 continue
             with self._lock:
                 p.failures = 0
