@@ -18,7 +18,7 @@ import stat
 import pyfuse3
 import trio
 
-from .cache import CacheDir
+from .cache import WHOLE_FILE, CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import OpenFile, Reader
@@ -231,6 +231,10 @@ class IdcOperations(pyfuse3.Operations):
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._open[fh] = OpenFile(f)
         self.reader.opened(f, self.listings.in_order(f.dir_id))
+        # Large instances (slide microscopy) bypass the page cache: the kernel's readahead would turn
+        # one tile read into megabytes of GETs. Our own readahead serves sequential readers of them.
+        if f.size > WHOLE_FILE:
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary

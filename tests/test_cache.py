@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -165,6 +166,9 @@ def test_wsidicom_tile_fetches_under_2_percent(mount, sandbox):
         # Counted on the wire: headers of both levels, offsets, one 192 KiB tile.
         assert c.body_bytes < 0.02 * biggest.stat().st_size, c.body_bytes
         assert c.authorized == 0
+        # Large instances are direct I/O: a private mapping still works (a shared one is ENODEV).
+        with open(biggest, "rb") as f, mmap.mmap(f.fileno(), 4096, mmap.MAP_PRIVATE, mmap.PROT_READ) as m:
+            assert m[128:132] == b"DICM"
 
 
 def test_small_instance_is_one_get_and_series_is_prefetched(mount, sandbox):
