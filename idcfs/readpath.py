@@ -3,7 +3,7 @@
 A file is cut in blocks (cache.block_size): an instance up to WHOLE_FILE bytes
 (most CT and MR) is a single block, fetched whole in one GET on first touch;
 a larger one is cut in BLOCK_SIZE blocks. Blocks are looked up in a small
-memory LRU (the kernel asks in 128 KiB pieces), then in the persistent block
+memory LRU (the kernel asks in pieces of up to 1 MiB), then in the persistent block
 cache, then fetched:
 
 - a sequential reader of a large instance gets a readahead window, once it
@@ -15,7 +15,8 @@ cache, then fetched:
   `cp -r`) prefetches the next PREFETCH_FILES small files, within a global
   budget of bytes in flight and its own connection limit.
 
-A block being fetched is shared: concurrent readers wait for the one GET.
+A block being loaded is shared: concurrent readers wait for the one disk-cache
+read or GET.
 Fetched blocks are written to the disk cache in the background. A read
 returns exactly the bytes asked for, clipped at end of file, or raises
 StoreError (EIO): a short or wrong-sized body is never passed on.
@@ -94,6 +95,10 @@ class OpenFile:
         self.streak = 0  # bytes read in order since the last seek
 
 
+def _key(f: InstanceFile, i: int) -> str:
+    return block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i)
+
+
 def _nblocks(f: InstanceFile) -> int:
     return -(-f.size // block_size(f.size))
 
@@ -156,7 +161,7 @@ class Reader:
         if not sequential:
             # A jump to just behind what another reader of this file fetched continues that
             # stream (readers sharing the page cache each see only the pages still missing).
-            follows = b0 > 0 and self._known(f, bs, b0 - 1)
+            follows = b0 > 0 and self._known(f, b0 - 1)
             of.streak, of.ahead, of.window = (READAHEAD_AFTER if follows else 0), b1, FIRST_WINDOW
         of.streak += end - offset
         # Read ahead once enough was read in order (header reads stay small); issue the
@@ -179,9 +184,8 @@ class Reader:
         """Each of `indexes`: its bytes if in memory, else the flight that will deliver it (started here if none)."""
         out: dict[int, bytes | memoryview | _Flight] = {}
         todo: list[int] = []
-        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
         for i in indexes:
-            k = block_key(uuid, f.name, bs, i)
+            k = _key(f, i)
             data = self.memory.get(k)
             if data is not None:
                 out[i] = data
@@ -191,10 +195,10 @@ class Reader:
                 todo.append(i)
         if todo:
             # One flight per GET-sized run, so a reader waits only for the run holding its block.
-            runs = [(lo, hi, _Flight()) for lo, hi in _runs(todo, max(1, MAX_GET // bs))]
+            runs = [(lo, hi, _Flight()) for lo, hi in _runs(todo, max(1, MAX_GET // block_size(f.size)))]
             for lo, hi, flight in runs:
                 for i in range(lo, hi):
-                    self._flights[block_key(uuid, f.name, bs, i)] = out[i] = flight
+                    self._flights[_key(f, i)] = out[i] = flight
             self.nursery.start_soon(self._load, f, runs, limiter)
         return out
 
@@ -216,16 +220,16 @@ class Reader:
             out.append(got)
         return out
 
-    def _known(self, f: InstanceFile, bs: int, i: int) -> bool:
+    def _known(self, f: InstanceFile, i: int) -> bool:
         """Block i was fetched or is being fetched lately."""
-        k = block_key(f.series.crdc_series_uuid, f.name, bs, i)
+        k = _key(f, i)
         return k in self._flights or k in self.memory
 
     def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, memoryview]:
-        uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
+        bs = block_size(f.size)
         found = {}
         for i in indexes:
-            data = self.cache.get(block_key(uuid, f.name, bs, i), min(bs, f.size - i * bs))
+            data = self.cache.get(_key(f, i), min(bs, f.size - i * bs))
             if data is not None:
                 found[i] = data
         return found
@@ -241,9 +245,7 @@ class Reader:
         except BaseException as e:  # cancelled: waiters must not wait forever
             for lo, hi, flight in runs:
                 flight.error = e
-                for i in range(lo, hi):
-                    self._flights.pop(block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i), None)
-                flight.done.set()
+                self._land(f, range(lo, hi), flight)
             raise
         async with trio.open_nursery() as nursery:
             for lo, hi, flight in runs:
@@ -257,10 +259,16 @@ class Reader:
                     flight.done.set()
 
     def _deliver(self, f: InstanceFile, i: int, data, flight: _Flight) -> None:
-        k = block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i)
+        k = _key(f, i)
         flight.blocks[i] = data
         self.memory.put(k, data)
         self._flights.pop(k, None)
+
+    def _land(self, f: InstanceFile, indexes, flight: _Flight) -> None:
+        """The flight is over for these blocks, delivered or not: wake its waiters."""
+        for i in indexes:
+            self._flights.pop(_key(f, i), None)
+        flight.done.set()
 
     async def _fetch(self, f: InstanceFile, missing: list[int], flight: _Flight, limiter) -> None:
         """Ranged GETs for the missing blocks of one flight. Never raises; waiters see flight.error."""
@@ -287,9 +295,7 @@ class Reader:
             log.warning("%s", e)
         finally:
             self.in_flight -= 1
-            for i in missing:
-                self._flights.pop(block_key(uuid, f.name, bs, i), None)
-            flight.done.set()
+            self._land(f, missing, flight)
 
     async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
         await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
