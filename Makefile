@@ -54,8 +54,8 @@ bench-deps:
 	fi
 
 bench: $(VENV)/.installed bench-deps
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
-	$(PY) -m bench.stream
 
 clean: demo-stop
 	rm -rf $(VENV) .sandbox

@@ -252,8 +252,13 @@ def slide_level(row: SeriesRow, i: int, width: int, height: int, tile: int, seed
     return ds
 
 
-def series_datasets(row: SeriesRow, n: int, seed: int, sources: list[Dataset] | None = None) -> Iterator[Dataset]:
-    """The instances of one series, in instance order."""
+SLIDE_BASE = (8704, 8448)  # a base level over 200 MiB
+
+
+def series_datasets(
+    row: SeriesRow, n: int, seed: int, sources: list[Dataset] | None = None, slide_base: tuple[int, int] = SLIDE_BASE
+) -> Iterator[Dataset]:
+    """The instances of one series, in instance order. An SM series is a pyramid with base level `slide_base`."""
     if row.Modality in ("CT", "MR"):
         size = 512 if row.Modality == "CT" else 256
         for i in range(n):
@@ -263,8 +268,8 @@ def series_datasets(row: SeriesRow, n: int, seed: int, sources: list[Dataset] | 
     elif row.Modality == "SR":
         yield text_report(row, sources or [])
     elif row.Modality == "SM":
-        # The base level is over 200 MiB; each further level is a quarter of the one above.
-        width, height = 8704, 8448
+        # Each level is a quarter of the one above.
+        width, height = slide_base
         for i in range(n):
             yield slide_level(row, i, width >> (2 * i), height >> (2 * i), 256, seed)
     else:

@@ -137,15 +137,17 @@ class FaultProxy:
         async with self._session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=data or None
         ) as up:
+            out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+            if request.method == "HEAD":  # no body, but the object's real length
+                resp = web.StreamResponse(status=up.status, headers=out_headers)
+                if "Content-Length" in up.headers:
+                    resp.headers["Content-Length"] = up.headers["Content-Length"]
+                await resp.prepare(request)
+                await resp.write_eof()
+                return resp
+            if fault is None and up.content_length is not None:
+                return await self._stream(request, up, out_headers)
             body = await up.read()
-        out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
-        if request.method == "HEAD":  # no body, but the object's real length
-            resp = web.StreamResponse(status=up.status, headers=out_headers)
-            if "Content-Length" in up.headers:
-                resp.headers["Content-Length"] = up.headers["Content-Length"]
-            await resp.prepare(request)
-            await resp.write_eof()
-            return resp
         if fault == "wrong_size":
             body += b"\0"
         resp = web.StreamResponse(status=up.status, headers=out_headers)
@@ -153,12 +155,29 @@ class FaultProxy:
         await resp.prepare(request)
         if fault in ("reset", "truncate"):
             await resp.write(body[: len(body) // 2])
-            with self._lock:
-                self.counters.body_bytes += len(body) // 2
+            self._count(len(body) // 2)
             request.transport.close()
             return resp
         await resp.write(body)
         await resp.write_eof()
-        with self._lock:
-            self.counters.body_bytes += len(body)
+        self._count(len(body))
         return resp
+
+    async def _stream(self, request: web.Request, up: aiohttp.ClientResponse, headers) -> web.StreamResponse:
+        """Pass the body on as it arrives, as a network would; a client may hang up part way."""
+        resp = web.StreamResponse(status=up.status, headers=headers)
+        resp.content_length = up.content_length
+        await resp.prepare(request)
+        try:
+            async for chunk in up.content.iter_chunked(1 << 20):
+                await resp.write(chunk)
+                self._count(len(chunk))
+            await resp.write_eof()
+        except (ConnectionError, aiohttp.ClientError):
+            if request.transport is not None:
+                request.transport.close()
+        return resp
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.counters.body_bytes += n

@@ -18,7 +18,7 @@ import stat
 import pyfuse3
 import trio
 
-from .cache import WHOLE_FILE, CacheDir
+from .cache import BLOCK_SIZE, WHOLE_FILE, CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import OpenFile, Reader
@@ -128,7 +128,10 @@ class IdcOperations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
         a.st_size = size
-        a.st_blksize = 1 << 20
+        # Buffered readers (Python's open, stdio) read st_blksize at a time. 1 MiB made every header read
+        # fetch a whole CT file and a WSI tile four blocks. Small files: a disk's 4 KiB, so a header read
+        # asks the kernel for 16 KiB; large ones: one block, the unit fetched anyway.
+        a.st_blksize = BLOCK_SIZE if size > WHOLE_FILE else 4096
         a.st_blocks = (size + 511) // 512
         a.st_uid, a.st_gid = self.uid, self.gid
         t = self.mtime_ns if mtime_ns is None or mtime_ns == 0 else mtime_ns
@@ -229,8 +232,7 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         f = self._file(inode)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        self._open[fh] = OpenFile(f)
-        self.reader.opened(f, self.listings.in_order(f.dir_id))
+        self._open[fh] = self.reader.open(f, self.listings.in_order(f.dir_id))
         # Large instances (slide microscopy) bypass the page cache: the kernel's readahead would turn
         # one tile read into megabytes of GETs. Our own readahead serves sequential readers of them.
         if f.size > WHOLE_FILE:
@@ -246,7 +248,9 @@ class IdcOperations(pyfuse3.Operations):
 
     @_boundary
     async def release(self, fh):
-        self._open.pop(fh, None)
+        of = self._open.pop(fh, None)
+        if of is not None:
+            self.reader.close(of)
 
     async def flush(self, fh):
         # Nothing to flush on a read-only mount; ENOSYS makes the kernel stop sending flush on close.

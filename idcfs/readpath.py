@@ -13,7 +13,12 @@ cache, then fetched:
   fetches only the blocks that tile touches;
 - opening the files of a directory in name order (SimpleITK, dcm2niix,
   `cp -r`) prefetches the next PREFETCH_FILES small files, within a global
-  budget of bytes in flight and its own connection limit.
+  budget of bytes in flight and its own connection limit;
+- header scans: once HEADER_STREAK small files in a row were closed after
+  reading less than the whole file (`dcmread(stop_before_pixels=True)`, GDCM's
+  series scan), reads that end within HEAD fetch only the file's first HEAD
+  bytes, and the series prefetch fetches those heads instead of whole files.
+  One whole read switches back.
 
 A block being loaded is shared: concurrent readers wait for the one disk-cache
 read or GET.
@@ -45,6 +50,8 @@ MEMORY = 256 << 20
 PREFETCH_FILES = 64
 PREFETCH_BUDGET = 256 << 20
 PREFETCH_CONNECTIONS = 32
+HEAD = 64 << 10  # a CT/MR header, and the kernel's first read of a small file (16 KiB for a 4 KiB read)
+HEADER_STREAK = 2
 
 
 class _Flight:
@@ -87,12 +94,14 @@ class _Memory:
 
 
 class OpenFile:
-    def __init__(self, f: InstanceFile):
+    def __init__(self, f: InstanceFile, heads: bool = False):
         self.file = f
+        self.heads = heads  # opened during a header scan: a read within HEAD fetches only the head
         self.next_offset = 0  # where a sequential read would continue
         self.window = FIRST_WINDOW
         self.ahead = 0  # blocks below this were already asked for by readahead
         self.streak = 0  # bytes read in order since the last seek
+        self.read_to = 0  # the furthest byte read
 
 
 def _key(f: InstanceFile, i: int) -> str:
@@ -122,8 +131,10 @@ class Reader:
         self.memory = _Memory(MEMORY)
         self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
-        self._series: OrderedDict[int, tuple[int, int]] = OrderedDict()  # dir_id -> (last opened, prefetched up to)
+        # dir_id -> (last opened, prefetched up to, opens in order so far)
+        self._series: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._prefetching = 0  # bytes of series prefetch in flight
+        self._partial = 0  # small files closed in a row after reading only part of them
         # counters
         self.get_requests = 0
         self.bytes_fetched = 0
@@ -154,6 +165,10 @@ class Reader:
         if offset >= f.size or size <= 0:
             return b""
         end = min(offset + size, f.size)
+        of.read_to = max(of.read_to, end)
+        if of.heads and end <= HEAD < f.size <= WHOLE_FILE and not self._known(f, 0):
+            self.bytes_read += end - offset
+            return memoryview(await self._head(f, self.limiter))[offset:end]
         bs = block_size(f.size)
         b0, b1 = offset // bs, (end - 1) // bs + 1
         sequential = of.next_offset > 0 and abs(offset - of.next_offset) <= REORDER
@@ -300,28 +315,102 @@ class Reader:
     async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
         await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
 
+    # -- heads: the first HEAD bytes of a small file, cached as a block of their own
+
+    async def _head(self, f: InstanceFile, limiter) -> bytes | memoryview:
+        k = block_key(f.series.crdc_series_uuid, f.name, HEAD, 0)
+        data = self.memory.get(k)
+        if data is not None:
+            self.memory_hits += 1
+            return data
+        flight = self._flights.get(k)
+        if flight is None:
+            flight = self._flights[k] = _Flight()
+            self.nursery.start_soon(self._load_head, f, k, flight, limiter)
+        await flight.done.wait()
+        if 0 not in flight.blocks:
+            raise StoreError(str(flight.error) or type(flight.error).__name__)
+        return flight.blocks[0]
+
+    async def _load_head(self, f: InstanceFile, k: str, flight: _Flight, limiter) -> None:
+        try:
+            data = None
+            if self.cache is not None:
+                data = await trio.to_thread.run_sync(self._head_from_disk, f, k, limiter=self.disk)
+            if data is not None:
+                self.hits += 1
+            else:
+                bucket = f.series.aws_bucket
+                data = await trio.to_thread.run_sync(self.store.read, bucket, f.key, 0, HEAD, f.size, limiter=limiter)
+                self.get_requests += 1
+                self.bytes_fetched += len(data)
+                self.misses += 1
+                if self.cache is not None:
+                    self.nursery.start_soon(self._store_head, k, data)
+            flight.blocks[0] = data
+            self.memory.put(k, data)
+        except BaseException as e:
+            flight.error = e
+            if not isinstance(e, Exception):
+                raise
+            log.warning("%s", e)
+        finally:
+            self._flights.pop(k, None)
+            flight.done.set()
+
+    def _head_from_disk(self, f: InstanceFile, k: str) -> memoryview | None:
+        """The head, or the head of the whole file if that is cached instead."""
+        data = self.cache.get(k, HEAD)
+        if data is None and (data := self.cache.get(_key(f, 0), f.size)) is not None:
+            data = data[:HEAD]
+        return data
+
+    async def _store_head(self, k: str, data: bytes) -> None:
+        await trio.to_thread.run_sync(self.cache.put, k, data, limiter=self.disk)
+
+    # -- open and close
+
+    def open(self, f: InstanceFile, siblings: list[InstanceFile]) -> OpenFile:
+        of = OpenFile(f, heads=self._partial >= HEADER_STREAK)
+        self.opened(f, siblings, of.heads)
+        return of
+
+    def close(self, of: OpenFile) -> None:
+        """Learn from what the reader read: only the start of small files means a header scan."""
+        f = of.file
+        if of.read_to and HEAD < f.size <= WHOLE_FILE:  # 0: served from the page cache, nothing learned
+            self._partial = self._partial + 1 if of.read_to < f.size else 0
+
     # -- series prefetch
 
-    def opened(self, f: InstanceFile, siblings: list[InstanceFile]) -> None:
-        """Note that f was opened; if its directory is being read in order, prefetch what comes next."""
-        last, upto = self._series.pop(f.dir_id, (-100, 0))
-        if 0 < f.index - last <= 4 and self.nursery is not None:
+    def opened(self, f: InstanceFile, siblings: list[InstanceFile], heads: bool = False) -> None:
+        """Note that f was opened; if its directory is being read in order, prefetch what comes next
+        (only the heads during a header scan)."""
+        last, upto, run = self._series.pop(f.dir_id, (-100, 0, 0))
+        run = run + 1 if 0 < f.index - last <= 4 else 0
+        if run and self.nursery is not None:
+            # The depth ramps up, so the first files of a header scan are not all fetched whole.
+            depth = min(PREFETCH_FILES, 4 << run)
             upto = max(upto, f.index + 1)
-            for g in siblings[upto : f.index + 1 + PREFETCH_FILES]:
-                if g.size > WHOLE_FILE or self._prefetching + g.size > PREFETCH_BUDGET:
+            for g in siblings[upto : f.index + 1 + depth]:
+                cost = min(g.size, HEAD) if heads else g.size
+                if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
                     break
-                self._prefetching += g.size
-                self.nursery.start_soon(self._prefetch, g)
+                self._prefetching += cost
+                self.nursery.start_soon(self._prefetch, g, cost)
                 upto = g.index + 1
-        self._series[f.dir_id] = (f.index, upto)
+        self._series[f.dir_id] = (f.index, upto, run)
         if len(self._series) > 4096:
             self._series.popitem(last=False)
 
-    async def _prefetch(self, f: InstanceFile) -> None:
+    async def _prefetch(self, f: InstanceFile, cost: int) -> None:
         try:
-            await self._blocks(f, range(_nblocks(f)), [], self.prefetch_limiter)
+            if cost < f.size:
+                await self._head(f, self.prefetch_limiter)
+            else:
+                await self._blocks(f, range(_nblocks(f)), [], self.prefetch_limiter)
             self.prefetched_files += 1
         except Exception as e:  # a demand read will try again and report it
             log.debug("prefetch of %s: %s", f.key, e)
         finally:
-            self._prefetching -= f.size
+            self._prefetching -= cost

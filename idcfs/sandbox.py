@@ -36,7 +36,7 @@ SEED = 20251122
 FORMAT_VERSION = 1
 
 # Real series from the IDC index (v25), chosen to cover what the tools exercise:
-# (crdc_series_uuid, instances to generate, role)
+# (crdc_series_uuid, instances to generate, role[, SM base level (width, height)])
 COHORT = (
     ("3078b660-4db2-4f82-9b2a-afb3b8dd28b4", 122, "CT series, many instances (nlst)"),
     ("af22bfc6-52aa-4202-a34e-3a65994dc3c7", 2, "small CT series in the same study"),
@@ -85,7 +85,7 @@ def generate(data_dir: Path, index_path: Path, cohort=COHORT) -> tuple[list[Seri
     """Write the cohort's files (once); return the rows and {aws_bucket/key: sha256}."""
     rows = cohort_rows(index_path, cohort)
     stamp = data_dir / "cohort.json"
-    wanted = {"format": FORMAT_VERSION, "seed": SEED, "cohort": [list(c[:2]) for c in cohort]}
+    wanted = {"format": FORMAT_VERSION, "seed": SEED, "cohort": [[*c[:2], *(list(x) for x in c[3:])] for c in cohort]}
     if stamp.exists():
         saved = json.loads(stamp.read_text())
         if saved.get("spec") == wanted:
@@ -96,7 +96,7 @@ def generate(data_dir: Path, index_path: Path, cohort=COHORT) -> tuple[list[Seri
     by_uuid = {r.crdc_series_uuid: r for r in rows}
     written: dict[str, list] = {}
     bar = tqdm(total=sum(c[1] for c in cohort), desc="generating sandbox DICOM", unit="file")
-    for uuid, n, _role in cohort:
+    for uuid, n, _role, *slide in cohort:
         row = by_uuid[uuid]
         sources = None
         if row.Modality in ("SEG", "SR"):
@@ -105,7 +105,7 @@ def generate(data_dir: Path, index_path: Path, cohort=COHORT) -> tuple[list[Seri
         series_dir = gcs_root / GCS_MIRROR[row.aws_bucket] / uuid
         series_dir.mkdir(parents=True, exist_ok=True)
         keep = []
-        for i, ds in enumerate(series_datasets(row, n, SEED, sources)):
+        for i, ds in enumerate(series_datasets(row, n, SEED, sources, *slide)):
             name = f"{instance_uuid(row, i)}.dcm"
             path = series_dir / name
             ds.save_as(path, enforce_file_format=True)

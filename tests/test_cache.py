@@ -186,6 +186,32 @@ def test_small_instance_is_one_get_and_series_is_prefetched(mount, sandbox):
     assert s["bytes_fetched"] == sum(p.stat().st_size for p in files), s  # each file fetched once
 
 
+def test_header_scan_fetches_heads_then_whole_reads_are_exact(mount, sandbox):
+    import pydicom
+
+    from idcfs.readpath import HEAD
+
+    mnt = mount()
+    uuid = by_modality(sandbox, "CT")["crdc_series_uuid"]
+    files = sorted(series_dir(mnt, uuid, sandbox).iterdir())
+    origin = {p.name: p for p in (Path(sandbox.data_dir) / "gcs").glob(f"*/{uuid}/*.dcm")}
+    for p in files:  # as a cohort table is built: headers only, in order
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        assert ds == pydicom.dcmread(origin[p.name], stop_before_pixels=True)
+    s = mount_stats(mnt)
+    whole = sum(p.stat().st_size for p in files)
+    # The first files are fetched whole, until two partial reads in a row show a header scan.
+    assert s["bytes_fetched"] < 0.5 * whole, s
+    assert s["bytes_fetched"] >= (len(files) - PREFETCH_BURST) * HEAD, s
+    # Now whole reads of the same files: exact bytes, and the mode switches back to whole files.
+    for p in files:
+        assert sha256_file(p) == origin_files(sandbox)[f"{uuid}/{p.name}"]
+    assert mount_stats(mnt)["bytes_fetched"] < s["bytes_fetched"] + whole + HEAD * 4
+
+
+PREFETCH_BURST = 10  # files opened or prefetched whole before the scan is recognised
+
+
 def test_prefetch_selection_then_mount_offline(sandbox, mount, tmp_path):
     cache = tmp_path / "cache"
     r = idcfs(
