@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -279,8 +280,14 @@ def cmd_mount(args, argv: list[str]) -> int:
         return _daemonize(argv, args)
 
     from .namespace import DEFAULT_TEMPLATE, Namespace, Selection, SelectionError
+    from .store import ObjectStore, drop_credentials
 
     t0 = time.monotonic()
+    drop_credentials()
+    store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
+    # Importing s3fs/gcsfs and building the client takes up to a second: do it while the tree loads,
+    # not on the first `ls` of a series.
+    threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
     try:
         index = args.index or _default_index()
         selection = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
@@ -294,10 +301,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     from .cache import CacheDir
     from .fs import IdcOperations
     from .mount import serve
-    from .store import ObjectStore, drop_credentials
 
-    drop_credentials()
-    store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
     try:
         cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
     except Exception as e:  # a damaged SQLite file, a full disk at start

@@ -183,6 +183,13 @@ class ObjectStore:
     def bucket(self, aws_bucket: str) -> str:
         return self.providers[0].bucket(aws_bucket)
 
+    def warm(self) -> None:
+        """Build the preferred provider's client ahead of the first request (no request is made)."""
+        try:
+            self.providers[0].fs  # noqa: B018
+        except Exception as e:  # the first real request will report it
+            log.debug("building the %s client: %s", self.providers[0].name, e)
+
     def url(self, aws_bucket: str, key: str) -> str:
         scheme = "s3" if self.source == "aws" else "gs"
         return f"{scheme}://{self.bucket(aws_bucket)}/{key}"
