@@ -29,6 +29,7 @@ StoreError (EIO): a short or wrong-sized body is never passed on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections import OrderedDict
@@ -63,6 +64,24 @@ class _Flight:
         self.done = trio.Event()
         self.blocks: dict[int, bytes | memoryview] = {}
         self.error: BaseException | None = None
+
+    async def result(self, i: int) -> bytes | memoryview:
+        """Block i once the flight is over, or StoreError if it failed."""
+        await self.done.wait()
+        if i not in self.blocks:
+            raise StoreError(str(self.error) or type(self.error).__name__)
+        return self.blocks[i]
+
+    @contextlib.contextmanager
+    def recording_failure(self):
+        """A failure inside is kept for the waiters; only cancellation propagates."""
+        try:
+            yield
+        except BaseException as e:
+            self.error = e
+            if not isinstance(e, Exception):
+                raise
+            log.warning("%s", e)
 
 
 class _Memory:
@@ -226,10 +245,7 @@ class Reader:
         for i in need:
             got = started[i]
             if isinstance(got, _Flight):
-                await got.done.wait()
-                if i not in got.blocks:
-                    raise StoreError(str(got.error) or type(got.error).__name__)
-                got = got.blocks[i]
+                got = await got.result(i)
             else:
                 self.memory_hits += 1
             out.append(got)
@@ -290,24 +306,21 @@ class Reader:
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
         self.in_flight += 1
         try:
-            for lo, hi in _runs(missing, len(missing)):
-                start, end = lo * bs, min(hi * bs, f.size)
-                data = await trio.to_thread.run_sync(
-                    self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
-                )
-                self.get_requests += 1
-                self.bytes_fetched += len(data)
-                self.misses += hi - lo
-                view = memoryview(data)
-                for i in range(lo, hi):
-                    self._deliver(f, i, view[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data, flight)
-                if self.cache is not None:
-                    self.nursery.start_soon(self._store, uuid, f.name, bs, lo, data)
-        except BaseException as e:
-            flight.error = e
-            if not isinstance(e, Exception):
-                raise
-            log.warning("%s", e)
+            with flight.recording_failure():
+                for lo, hi in _runs(missing, len(missing)):
+                    start, end = lo * bs, min(hi * bs, f.size)
+                    data = await trio.to_thread.run_sync(
+                        self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
+                    )
+                    self.get_requests += 1
+                    self.bytes_fetched += len(data)
+                    self.misses += hi - lo
+                    view = memoryview(data)
+                    for i in range(lo, hi):
+                        part = view[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
+                        self._deliver(f, i, part, flight)
+                    if self.cache is not None:
+                        self.nursery.start_soon(self._store, uuid, f.name, bs, lo, data)
         finally:
             self.in_flight -= 1
             self._land(f, missing, flight)
@@ -327,33 +340,28 @@ class Reader:
         if flight is None:
             flight = self._flights[k] = _Flight()
             self.nursery.start_soon(self._load_head, f, k, flight, limiter)
-        await flight.done.wait()
-        if 0 not in flight.blocks:
-            raise StoreError(str(flight.error) or type(flight.error).__name__)
-        return flight.blocks[0]
+        return await flight.result(0)
 
     async def _load_head(self, f: InstanceFile, k: str, flight: _Flight, limiter) -> None:
         try:
-            data = None
-            if self.cache is not None:
-                data = await trio.to_thread.run_sync(self._head_from_disk, f, k, limiter=self.disk)
-            if data is not None:
-                self.hits += 1
-            else:
-                bucket = f.series.aws_bucket
-                data = await trio.to_thread.run_sync(self.store.read, bucket, f.key, 0, HEAD, f.size, limiter=limiter)
-                self.get_requests += 1
-                self.bytes_fetched += len(data)
-                self.misses += 1
+            with flight.recording_failure():
+                data = None
                 if self.cache is not None:
-                    self.nursery.start_soon(self._store_head, k, data)
-            flight.blocks[0] = data
-            self.memory.put(k, data)
-        except BaseException as e:
-            flight.error = e
-            if not isinstance(e, Exception):
-                raise
-            log.warning("%s", e)
+                    data = await trio.to_thread.run_sync(self._head_from_disk, f, k, limiter=self.disk)
+                if data is not None:
+                    self.hits += 1
+                else:
+                    bucket, uuid = f.series.aws_bucket, f.series.crdc_series_uuid
+                    data = await trio.to_thread.run_sync(
+                        self.store.read, bucket, f.key, 0, HEAD, f.size, limiter=limiter
+                    )
+                    self.get_requests += 1
+                    self.bytes_fetched += len(data)
+                    self.misses += 1
+                    if self.cache is not None:
+                        self.nursery.start_soon(self._store, uuid, f.name, HEAD, 0, data)
+                flight.blocks[0] = data
+                self.memory.put(k, data)
         finally:
             self._flights.pop(k, None)
             flight.done.set()
@@ -364,9 +372,6 @@ class Reader:
         if data is None and (data := self.cache.get(_key(f, 0), f.size)) is not None:
             data = data[:HEAD]
         return data
-
-    async def _store_head(self, k: str, data: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.put, k, data, limiter=self.disk)
 
     # -- open and close
 
