@@ -190,6 +190,12 @@ class MetaCache(_Degradable):
     def counters(self) -> dict[str, int]:
         return {name: int(self._cache.get("count:" + name, 0)) for name in COUNTERS}
 
+    def has_listings(self) -> bool:
+        try:
+            return any(str(k).startswith("list:") for k in self._cache.iterkeys())
+        except _DB_ERRORS:
+            return False
+
     def listings(self) -> int:
         return sum(1 for k in self._cache.iterkeys() if str(k).startswith("list:"))
 

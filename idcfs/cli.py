@@ -32,6 +32,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 600 seconds")
+    return value
+
+
 def _default_cache_dir() -> Path:
     import platformdirs
 
@@ -87,9 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap of the block cache, e.g. 500M, 10G, 2T; 0 turns it off (default 10G)",
     )
     m.add_argument(
+        "--memory",
+        default="256M",
+        metavar="SIZE",
+        help="daemon memory for recently read blocks, at least 16M; large-file readahead uses up to a quarter "
+        "(default 256M)",
+    )
+    m.add_argument(
         "--index", type=Path, default=None, metavar="PARQUET", help="index parquet (default: idc-index-data's)"
     )
-    m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
+    m.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for one origin, retries included; a read fails with EIO after at most twice this, "
+        "once per provider (default 30)",
+    )
+    m.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the mount: any local user can then read what it serves and make it fetch "
+        "(needs user_allow_other in /etc/fuse.conf; default off)",
+    )
     m.add_argument(
         "--log-level",
         default="WARNING",
@@ -141,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--s3-endpoint", default=os.environ.get("IDCFS_S3_ENDPOINT"), metavar="URL")
     pf.add_argument("--gcs-endpoint", default=os.environ.get("IDCFS_GCS_ENDPOINT"), metavar="URL")
     pf.add_argument("--index", type=Path, default=None, metavar="PARQUET")
+    pf.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="as for mount (default 30)")
     pf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser(
@@ -196,6 +227,18 @@ def _parse_cache_size(text: str) -> int:
     return size
 
 
+def _parse_memory(text: str) -> int:
+    from .cache import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise UsageError(f"--memory: {e}") from None
+    if size < 16 << 20:
+        raise UsageError(f"--memory {text} is below the minimum of 16M")
+    return size
+
+
 def _validate_origin_args(args) -> None:
     """Endpoints, cache directory, index and manifest: shared by mount and prefetch."""
     _check_url("--s3-endpoint", args.s3_endpoint)
@@ -212,6 +255,7 @@ def _validate_mount_args(args) -> None:
 
     _validate_origin_args(args)
     args.cache_size = _parse_cache_size(args.cache_size)
+    args.memory = _parse_memory(args.memory)
     if args.log_file is not None:
         args.log_file = Path(os.path.abspath(os.path.expanduser(args.log_file)))
         try:
@@ -284,7 +328,8 @@ def cmd_mount(args, argv: list[str]) -> int:
 
     t0 = time.monotonic()
     drop_credentials()
-    store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
+    store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint, timeout=args.timeout)
+    probes = _probe_origins(store)
     # Importing s3fs/gcsfs and building the client takes up to a second: do it while the tree loads,
     # not on the first `ls` of a series.
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
@@ -309,7 +354,16 @@ def cmd_mount(args, argv: list[str]) -> int:
         _report(args.ready_fd, f"usage: {msg}")
         print(f"idcfs: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
-    ops = IdcOperations(ns, store, cache, mtime_ns=int(Path(index).stat().st_mtime) * 1_000_000_000)
+    problem = _origin_problem(store, probes, explicit={"aws": args.s3_endpoint, "gcs": args.gcs_endpoint})
+    if problem and cache.meta.has_listings():  # offline use: what was listed before is served from the cache
+        log.warning("%s; serving what the cache holds", problem)
+    elif problem:
+        cache.close()
+        _report(args.ready_fd, f"usage: {problem}")
+        print(f"idcfs: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
+    ops = IdcOperations(ns, store, cache, mtime_ns=mtime_ns, memory=args.memory)
 
     def ready():
         log.info("mounted %s at %s (%.2fs)", index, args.mountpoint, time.monotonic() - t0)
@@ -324,6 +378,43 @@ def cmd_mount(args, argv: list[str]) -> int:
         print(f"idcfs: error: cannot mount {args.mountpoint}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _probe_origins(store) -> dict:
+    """Ask each provider's endpoint for any HTTP answer, in threads, while the tree loads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .store import unanswered
+
+    pool = ThreadPoolExecutor(len(store.providers), thread_name_prefix="probe")
+    probes = {p.name: pool.submit(unanswered, p.endpoint) for p in store.providers}
+    pool.shutdown(wait=False)
+    return probes
+
+
+def _origin_problem(store, probes: dict, explicit: dict) -> str | None:
+    """Why the origins cannot serve this mount: the endpoint given for --source does not answer, or none does.
+
+    The other provider is only a fallback: an endpoint given for it that does not answer is logged.
+    """
+    flags = {"aws": "--s3-endpoint", "gcs": "--gcs-endpoint"}
+    preferred, *others = store.providers
+    if explicit.get(preferred.name):
+        reason = probes[preferred.name].result()
+        if reason:
+            return (
+                f"{flags[preferred.name]} {preferred.endpoint} does not answer ({reason}): "
+                "check the URL and that the server is up"
+            )
+        for p in others:
+            if explicit.get(p.name) and (reason := probes[p.name].result()):
+                log.warning("%s %s does not answer (%s): no fallback to %s", flags[p.name], p.endpoint, reason, p.name)
+        return None
+    reasons = {p.name: probes[p.name].result() for p in store.providers}
+    if all(reasons.values()):
+        tried = "; ".join(f"{p.endpoint}: {reasons[p.name]}" for p in store.providers)
+        return f"no origin answers ({tried}): check the network, or pass --s3-endpoint/--gcs-endpoint"
+    return None
 
 
 def _default_index() -> Path:
@@ -443,7 +534,7 @@ def cmd_prefetch(args) -> int:
             print(f"idcfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         drop_credentials()
-        store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint)
+        store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint, timeout=args.timeout)
         cache = CacheDir(args.cache_dir)
         try:
             summary = warm_series(cache, store, ns.all_series(), args.jobs, progress=not args.quiet)

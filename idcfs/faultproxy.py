@@ -12,6 +12,7 @@ Faults are drawn per request with probability `fault_rate` from `faults`:
 - "truncate": send the full Content-Length header but only half the body;
 - "stall": send nothing for `stall_seconds`;
 - "wrong_size": a body one byte longer than the real one, with a matching header.
+`only`, when set, limits faults to requests whose path contains it (one series, say).
 `down = True` refuses service outright (every connection is closed at once).
 `delay` adds that many seconds before each request is forwarded: a stand-in for
 network round-trip time where the kernel has no netem.
@@ -51,6 +52,7 @@ class FaultProxy:
         self.stall_seconds = 120.0
         self.down = False
         self.delay = 0.0
+        self.only: str | None = None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +108,9 @@ class FaultProxy:
 
     # -- requests
 
-    def _draw(self) -> str | None:
+    def _draw(self, path: str) -> str | None:
+        if self.only is not None and self.only not in path:
+            return None
         with self._lock:
             if self.fault_rate and self._rng.random() < self.fault_rate:
                 self.counters.faults += 1
@@ -125,7 +129,7 @@ class FaultProxy:
             raise ConnectionResetError
         if self.delay:
             await asyncio.sleep(self.delay)
-        fault = self._draw()
+        fault = self._draw(request.path_qs)
         if fault == "stall":
             await asyncio.sleep(self.stall_seconds)
         if fault in ("500", "503", "429"):

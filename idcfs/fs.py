@@ -21,7 +21,7 @@ import trio
 from .cache import BLOCK_SIZE, WHOLE_FILE, CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
-from .readpath import OpenFile, Reader
+from .readpath import MEMORY, OpenFile, Reader
 from .store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,25 @@ class IdcOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, ns: Namespace, store: ObjectStore, cache: CacheDir | None, mtime_ns: int, io_threads: int = 32):
+    def __init__(
+        self,
+        ns: Namespace,
+        store: ObjectStore,
+        cache: CacheDir | None,
+        mtime_ns: int,
+        io_threads: int = 32,
+        memory: int = MEMORY,
+    ):
         super().__init__()
         self.ns = ns
         self.store = store
         self.cache = cache
         self.mtime_ns = mtime_ns
         self.uid, self.gid = os.getuid(), os.getgid()
-        io = trio.CapacityLimiter(io_threads)
+        # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
         meta = cache.meta if cache else None
-        self.listings = Listings(ns, store, meta, io, first_ino=ns.num_dirs + 2)
-        self.reader = Reader(store, cache.blocks if cache else None, io)
+        self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
+        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1

@@ -49,7 +49,8 @@ class Listings:
         self.ns = ns
         self.store = store
         self.meta = meta
-        self.limiter = limiter
+        self.limiter = limiter  # LISTs; listings kept on disk are read under their own limit
+        self.disk = trio.CapacityLimiter(8)
         self._next_ino = first_ino
         self.files: dict[int, InstanceFile] = {}
         self._dirs: dict[int, dict[str, InstanceFile]] = {}  # dir_id -> name -> file, sorted by name
@@ -96,12 +97,12 @@ class Listings:
     async def _list(self, series: Series) -> list[ObjectInfo]:
         uuid = series.crdc_series_uuid
         if self.meta is not None:
-            known = await trio.to_thread.run_sync(self.meta.listing, uuid, limiter=self.limiter)
+            known = await trio.to_thread.run_sync(self.meta.listing, uuid, limiter=self.disk)
             if known is not None:
                 return [ObjectInfo(*entry) for entry in known]
         self.list_requests += 1
         objs = await trio.to_thread.run_sync(self.store.list_series, series.aws_bucket, uuid, limiter=self.limiter)
         if self.meta is not None and objs:  # an empty LIST may be a lagging mirror: ask again next time
             entry = [(o.name, o.size, o.etag, o.mtime_ns) for o in objs]
-            await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.limiter)
+            await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.disk)
         return objs

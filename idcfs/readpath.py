@@ -8,7 +8,7 @@ cache, then fetched:
 
 - a sequential reader of a large instance gets a readahead window, once it
   has read READAHEAD_AFTER bytes in order (so header reads stay small). The
-  window doubles up to MAX_WINDOW and is fetched in the background as
+  window doubles up to MAX_WINDOW (or a quarter of the memory budget) and is fetched in the background as
   parallel GETs of at most MAX_GET. A seek resets it, so reading one WSI tile
   fetches only the blocks that tile touches;
 - opening the files of a directory in name order (SimpleITK, dcm2niix,
@@ -141,13 +141,16 @@ def _runs(indexes: list[int], max_blocks: int):
 
 
 class Reader:
-    def __init__(self, store: ObjectStore, cache: BlockCache | None, limiter: trio.CapacityLimiter):
+    def __init__(
+        self, store: ObjectStore, cache: BlockCache | None, limiter: trio.CapacityLimiter, memory: int = MEMORY
+    ):
         self.store = store
         self.cache = cache
         self.limiter = limiter
         self.prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONNECTIONS)
         self.disk = trio.CapacityLimiter(16)
-        self.memory = _Memory(MEMORY)
+        self.memory = _Memory(memory)
+        self.max_window = min(MAX_WINDOW, memory // 4)  # readahead must not evict itself before it is read
         self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
         # dir_id -> (last opened, prefetched up to, opens in order so far)
@@ -205,7 +208,7 @@ class Reader:
             stop = min(_nblocks(f), lo + of.window // bs)
             extra = list(range(lo, stop))
             of.ahead = stop
-            of.window = min(of.window * 2, MAX_WINDOW)
+            of.window = min(of.window * 2, self.max_window)
         of.next_offset = max(of.next_offset, end) if sequential else end
         blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
         self.bytes_read += end - offset

@@ -53,6 +53,27 @@ def drop_credentials() -> None:
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 
+def unanswered(endpoint: str, timeout: float = 3.0) -> str | None:
+    """None if anything answers HTTP at endpoint (any status), else the reason; one unsigned HEAD."""
+    import urllib.error
+    import urllib.request
+
+    class _Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):  # a redirect is an answer; do not follow it
+            return None
+
+    try:
+        with urllib.request.build_opener(_Stay).open(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as e:
+        return str(getattr(e.reason, "strerror", None) or e.reason)
+    except (OSError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
 class StoreError(OSError):
     """A request failed; the caller answers EIO."""
 
@@ -65,18 +86,21 @@ class ObjectInfo:
     mtime_ns: int
 
 
+DEFAULT_TIMEOUT = 30.0
+
+
 class _Provider:
     """One bucket provider (AWS S3 or the GCS mirror) behind an unsigned fsspec client.
 
-    Every call, retries included, is cut off after DEADLINE seconds: gcsfs retries six times with
-    up to 32 s of backoff, and a stalled origin must not hold a reader for minutes.
+    Every call, retries included, is cut off after `deadline` seconds: gcsfs retries six times with
+    up to 32 s of backoff, and a stalled origin must not hold a reader for minutes. One attempt may
+    take a third of it, so a stalled connection leaves time to retry on a fresh one.
     """
 
-    DEADLINE = 30.0
-
-    def __init__(self, name: str, endpoint: str):
+    def __init__(self, name: str, endpoint: str, deadline: float = DEFAULT_TIMEOUT):
         self.name = name
         self.endpoint = endpoint
+        self.deadline = deadline
         self._fs = None
         self._lock = threading.Lock()
         self.failures = 0  # consecutive
@@ -101,8 +125,8 @@ class _Provider:
                 client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
                 config_kwargs={
                     "max_pool_connections": 64,
-                    "connect_timeout": 5,
-                    "read_timeout": 30,
+                    "connect_timeout": min(5.0, self.deadline / 3),
+                    "read_timeout": self.deadline / 3,
                     "retries": {"max_attempts": 3, "mode": "standard"},
                     # A CRC over every body costs a fifth of the GET path's CPU; lengths are checked
                     # here and blocks carry their own digest in the cache.
@@ -112,6 +136,7 @@ class _Provider:
             )
             fs.retries = 3  # s3fs's own loop around botocore's: keep the worst case bounded
             return fs
+        import aiohttp
         import gcsfs.core
 
         return gcsfs.core.GCSFileSystem(
@@ -119,7 +144,10 @@ class _Provider:
             endpoint_url=self.endpoint,
             use_listings_cache=False,
             skip_instance_cache=True,
-            requests_timeout=30,
+            # Per socket read, as botocore's read_timeout: a slow but flowing body is not cut off.
+            requests_timeout=aiohttp.ClientTimeout(
+                sock_connect=min(5.0, self.deadline / 3), sock_read=self.deadline / 3
+            ),
         )
 
     def bucket(self, aws_bucket: str) -> str:
@@ -128,7 +156,7 @@ class _Provider:
     def list_series(self, aws_bucket: str, crdc_series_uuid: str) -> list[ObjectInfo]:
         prefix = f"{self.bucket(aws_bucket)}/{crdc_series_uuid}"
         try:
-            entries = self.fs.ls(prefix, detail=True, timeout=self.DEADLINE)
+            entries = self.fs.ls(prefix, detail=True, timeout=self.deadline)
         except FileNotFoundError:
             return []
         out = []
@@ -143,7 +171,7 @@ class _Provider:
     def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool) -> bytes:
         # Asking one byte past the listed end exposes an object longer than listed.
         path = f"{self.bucket(aws_bucket)}/{key}"
-        data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.DEADLINE)
+        data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.deadline)
         if len(data) != end - start:
             raise StoreError(f"{len(data)} bytes instead of {end - start}")
         return data
@@ -167,13 +195,15 @@ class ObjectStore:
         s3_endpoint: str | None = None,
         gcs_endpoint: str | None = None,
         failover: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
     ):
         if source not in ("aws", "gcs"):
             raise ValueError(f"unknown source {source!r}")
         self.source = source
         self.s3_endpoint = s3_endpoint or DEFAULT_S3_ENDPOINT
         self.gcs_endpoint = gcs_endpoint or DEFAULT_GCS_ENDPOINT
-        aws, gcs = _Provider("aws", self.s3_endpoint), _Provider("gcs", self.gcs_endpoint)
+        aws = _Provider("aws", self.s3_endpoint, timeout)
+        gcs = _Provider("gcs", self.gcs_endpoint, timeout)
         preferred = [aws, gcs] if source == "aws" else [gcs, aws]
         self.providers = preferred if failover else preferred[:1]
         self.failovers = 0  # requests answered by the other provider
@@ -212,7 +242,7 @@ class ObjectStore:
                         log.warning(
                             "%s keeps failing (%s); using the other provider for %ds", p.name, e, self.DOWN_SECONDS
                         )
-                errors.append(f"{p.name}: {e or type(e).__name__}")
+                errors.append(f"{p.name}: {str(e) or type(e).__name__}")
                 continue
             with self._lock:
                 p.failures = 0

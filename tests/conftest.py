@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import idc_index_data
 import pytest
 
 from idcfs.sandbox import Sandbox
+
+INDEX = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
 
 REPO = Path(__file__).resolve().parent.parent
 # Generated DICOM is reproducible, so it is kept between runs.
@@ -77,6 +80,27 @@ def mount(tmp_path, sandbox):
     m = Mounter(tmp_path, sandbox)
     yield m
     m.cleanup()
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory):
+    """Three real collections plus 4d_lung rows whose PatientIDs are hostile names."""
+    import duckdb
+
+    path = tmp_path_factory.mktemp("index") / "idx.parquet"
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE TABLE t AS SELECT * FROM read_parquet('{INDEX}') "
+        "WHERE collection_id IN ('rider_phantom_mri', 'acrin_contralateral_breast_mr', '4d_lung')"
+    )
+    for i, pid in enumerate(["..", "a/b", ".", "", "x%2Fy", "evil/../../etc"]):
+        con.execute(
+            "INSERT INTO t SELECT * REPLACE (? AS PatientID, ? AS crdc_series_uuid, ? AS SeriesInstanceUID) "
+            "FROM t WHERE collection_id = '4d_lung' LIMIT 1",
+            [pid, f"00000000-0000-0000-0000-00000000000{i}", f"9.9.{i}"],
+        )
+    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+    return path
 
 
 def origin_files(state) -> dict[str, str]:

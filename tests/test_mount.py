@@ -169,11 +169,75 @@ def test_read_only(mount, sandbox):
         lambda: os.truncate(f, 0),
         lambda: os.chmod(f, 0o777),
         lambda: os.utime(f, (0, 0)),
+        lambda: open(f, "ab"),
+        lambda: os.open(f, os.O_RDONLY | os.O_TRUNC),
+        lambda: os.open(mnt / "new", os.O_CREAT | os.O_EXCL | os.O_WRONLY),
+        lambda: os.mkdir(mnt / "x"),
+        lambda: os.rmdir(d),
+        lambda: os.rename(d, d.parent / "renamed"),
+        lambda: os.symlink(f, d / "link"),
+        lambda: os.link(f, d / "hard"),
+        lambda: os.mknod(d / "fifo", 0o600 | 0o010000),
+        lambda: os.removexattr(f, "user.idc.Modality"),
+        lambda: os.chown(f, 1, 1),
+        lambda: os.chmod(mnt, 0o700),
     ]
     for attempt in attempts:
         with pytest.raises(OSError) as e:
             attempt()
         assert e.value.errno == errno.EROFS, attempt
+
+
+def test_no_credentials_reach_the_origin(sandbox, tmp_path):
+    """A user's AWS and GCP identities, in the environment and in their usual files, are never sent."""
+    from idcfs.faultproxy import FaultProxy
+
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text(
+        "[default]\naws_access_key_id = AKIAIDCFSTEST\naws_secret_access_key = s\n"
+    )
+    adc = home / ".config" / "gcloud" / "application_default_credentials.json"
+    adc.parent.mkdir(parents=True)
+    adc.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"})
+    )
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "AWS_ACCESS_KEY_ID": "AKIAIDCFSTEST",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_PROFILE": "default",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(adc),
+    }
+    with FaultProxy(sandbox.s3_endpoint) as s3, FaultProxy(sandbox.gcs_endpoint) as gcs:
+        for source in ("aws", "gcs"):
+            mnt = tmp_path / source
+            mnt.mkdir()
+            args = ["--cache-dir", tmp_path / f"cache-{source}", "--source", source, "--manifest", sandbox.manifest]
+            r = idcfs("mount", mnt, *args, "--s3-endpoint", s3.url, "--gcs-endpoint", gcs.url, env=env)
+            assert r.returncode == 0, r.stderr
+            try:
+                d = series_dir(mnt, "af22bfc6-52aa-4202-a34e-3a65994dc3c7", sandbox)
+                assert read_all(d) == {k: v for k, v in origin_files(sandbox).items() if k.startswith("af22bfc6")}
+            finally:
+                idcfs("unmount", mnt)
+        assert s3.counters.gets > 0 and gcs.counters.gets > 0
+        assert (s3.counters.authorized, gcs.counters.authorized) == (0, 0)
+
+
+def test_hostile_index_names_stay_inside_the_mount(mount, sandbox, small_index):
+    mnt = mount("--index", small_index, "--collection", "4d_lung", manifest=False)
+    patients = set(os.listdir(mnt / "4d_lung"))
+    hostile = {"%2E%2E": "..", "a%2Fb": "a/b", "%2E": ".", "%": "", "x%252Fy": "x%2Fy", "evil%2F..%2F..%2Fetc": None}
+    assert set(hostile) <= patients
+    hostile["evil%2F..%2F..%2Fetc"] = "evil/../../etc"
+    for name, value in hostile.items():
+        (study,) = (mnt / "4d_lung" / name).iterdir()
+        (series,) = study.iterdir()
+        assert series.resolve().parent.parent.parent == (mnt / "4d_lung").resolve()
+        assert os.getxattr(series, "user.idc.PatientID").decode() == value
 
 
 def test_cohort_views(mount, sandbox, tmp_path):
@@ -225,6 +289,19 @@ def _mount_error(tmp_path, sandbox, *args, mnt=None):
         (["--source", "azure"], "invalid choice"),
         (["--s3-endpoint", "not a url"], "bad --s3-endpoint"),
         (["--no-such-flag"], "unrecognized arguments"),
+        (["--filter", ""], "empty --filter"),
+        (["--filter", "Modality IN (SELECT * FROM read_text('/etc/passwd'))"], "--filter"),
+        (["--filter", "1=1; ATTACH '/tmp/idcfs-attack.db' AS x"], "--filter"),
+        (["--filter", "1=1; COPY idx TO '/tmp/idcfs-attack.csv'"], "--filter"),
+        (["--filter", "1=1; SET enable_external_access = true"], "--filter"),
+        (["--cache-size", "lots"], "--cache-size"),
+        (["--cache-size", "1M"], "minimum of 64M"),
+        (["--memory", "1K"], "minimum of 16M"),
+        (["--timeout", "0"], "out of range"),
+        (["--timeout", "soon"], "not a number of seconds"),
+        (["--log-level", "LOUD"], "invalid choice"),
+        (["--s3-endpoint", "http://127.0.0.1:1"], "does not answer"),
+        (["--source", "gcs", "--gcs-endpoint", "http://127.0.0.1:1"], "--gcs-endpoint http://127.0.0.1:1 does not"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, sandbox, args, expect):
@@ -232,6 +309,52 @@ def test_bad_input_one_line_exit_2(tmp_path, sandbox, args, expect):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert expect in r.stderr
+
+
+def test_bad_input_leaves_no_trace(tmp_path, sandbox):
+    """SQL that would write a file wrote nothing; an endpoint that accepts but never answers is given up on."""
+    assert not Path("/tmp/idcfs-attack.db").exists() and not Path("/tmp/idcfs-attack.csv").exists()
+    import socket
+
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        t = time.monotonic()
+        r = _mount_error(tmp_path, sandbox, "--s3-endpoint", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    assert r.returncode == 2 and "does not answer (timed out)" in r.stderr, r.stderr
+    assert time.monotonic() - t < 15
+
+
+def test_bad_index_files(tmp_path, sandbox):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1" + os.urandom(4096))
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"a": [1, 2]}), other)
+    for index, expect in (
+        (garbage, "cannot read --index"),
+        (other, "not an IDC index"),
+        (tmp_path / "missing.parquet", "is not a file"),
+    ):
+        r = _mount_error(tmp_path, sandbox, "--index", index)
+        assert r.returncode == 2 and expect in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_cache_dir_on_a_full_filesystem(tmp_path, sandbox):
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={full}/fill", "bs=4k"], capture_output=True)
+        r = _mount_error(tmp_path, sandbox, "--cache-dir", full / "cache")
+        assert r.returncode == 2 and "cache directory" in r.stderr and "No space" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(full)])
 
 
 def test_bad_manifest_and_mountpoints(tmp_path, sandbox):
@@ -254,6 +377,11 @@ def test_bad_manifest_and_mountpoints(tmp_path, sandbox):
     assert r.returncode == 2 and "not empty" in r.stderr
     r = _mount_error(tmp_path, sandbox, mnt=full / "x")
     assert r.returncode == 2 and "not a directory" in r.stderr
+    bad.write_text("# nothing but comments\n\n")
+    r = _mount_error(tmp_path, sandbox, "--manifest", bad)
+    assert r.returncode == 2 and "names no series" in r.stderr
+    r = _mount_error(tmp_path, sandbox, "--manifest", tmp_path / "no-such-manifest.txt")
+    assert r.returncode == 2 and "is not a file" in r.stderr
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)

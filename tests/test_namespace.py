@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import duckdb
-import idc_index_data
 import pytest
 
 from idcfs.namespace import (
@@ -17,27 +15,6 @@ from idcfs.namespace import (
     parse_template,
     unescape,
 )
-
-INDEX = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
-
-
-@pytest.fixture(scope="module")
-def small_index(tmp_path_factory):
-    """Three real collections plus rows whose names are hostile."""
-    path = tmp_path_factory.mktemp("index") / "idx.parquet"
-    con = duckdb.connect()
-    con.execute(
-        f"CREATE TABLE t AS SELECT * FROM read_parquet('{INDEX}') "
-        "WHERE collection_id IN ('rider_phantom_mri', 'acrin_contralateral_breast_mr', '4d_lung')"
-    )
-    for i, pid in enumerate(["..", "a/b", ".", "", "x%2Fy", "evil/../../etc"]):
-        con.execute(
-            "INSERT INTO t SELECT * REPLACE (? AS PatientID, ? AS crdc_series_uuid, ? AS SeriesInstanceUID) "
-            "FROM t WHERE collection_id = '4d_lung' LIMIT 1",
-            [pid, f"00000000-0000-0000-0000-00000000000{i}", f"9.9.{i}"],
-        )
-    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
-    return path
 
 
 def walk(ns: Namespace, dir_id=0, prefix=()):
