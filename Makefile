@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test lint bench bench-deps system-deps clean
+.PHONY: demo demo-stop test lint bench bench-deps soak system-deps clean
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null; then \
@@ -56,6 +56,11 @@ bench-deps:
 bench: $(VENV)/.installed bench-deps
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
+
+# Reliability under load, about 15 minutes: 10,000 reads at 10% faults, then 32 readers for 10 minutes.
+soak: $(VENV)/.installed
+	IDCFS_FAULT_READS=10000 $(PY) -m pytest -q -p no:cacheprovider -s tests/test_faults.py -k ten_percent
+	$(PY) -m bench.soak --minutes 10
 
 clean: demo-stop
 	rm -rf $(VENV) .sandbox

@@ -97,6 +97,8 @@ def test_ten_percent_faults_give_exact_bytes_or_eio(mount, sandbox):
             outcomes = list(pool.map(one, order))
         faults = s3.counters.faults + gcs.counters.faults
         gets = s3.counters.gets + gcs.counters.gets
+    print(f"{FAULT_READS} reads: {outcomes.count('ok')} exact, {outcomes.count('eio')} EIO; "
+          f"{gets} GETs, {faults} faults injected")  # fmt: skip
     bad = [o for o in outcomes if o not in ("ok", "eio")]
     assert not bad, bad[:5]
     assert gets >= FAULT_READS and faults > gets * 0.05, (gets, faults)  # the reads really met the faults
