@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -112,16 +113,25 @@ def test_16_concurrent_reader_processes(mount, sandbox):
         subprocess.Popen([sys.executable, "-c", READER, json.dumps(list(want)), str(seed)], stdout=subprocess.PIPE)
         for seed in range(16)
     ]
-    browsing = []  # ls -R and find, over and over, while the readers run
-    while any(p.poll() is None for p in procs) or not browsing:
-        for cmd in (["ls", "-R", str(mnt)], ["find", str(mnt)]):
-            t = time.monotonic()
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-            browsing.append((r.returncode, r.stdout.count(".dcm"), time.monotonic() - t))
-    for p in procs:
-        out, _ = p.communicate(timeout=500)
-        assert p.returncode == 0
-        assert json.loads(out) == want
+    browsing, done = [], threading.Event()
+
+    def browse():  # ls -R and find, over and over, while the readers run
+        while not done.is_set() or not browsing:
+            for cmd in (["ls", "-R", str(mnt)], ["find", str(mnt)]):
+                t = time.monotonic()
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+                browsing.append((r.returncode, r.stdout.count(".dcm"), time.monotonic() - t))
+
+    browser = threading.Thread(target=browse)
+    browser.start()
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=500)
+            assert p.returncode == 0
+            assert json.loads(out) == want
+    finally:
+        done.set()
+        browser.join(120)
     assert {(rc, n) for rc, n, _ in browsing} == {(0, len(paths))}, browsing[:3]
     assert max(t for *_, t in browsing) < 5.0, browsing
     s = mount_stats(mnt)
