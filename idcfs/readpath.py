@@ -22,7 +22,8 @@ cache, then fetched:
 
 A block being loaded is shared: concurrent readers wait for the one disk-cache
 read or GET.
-Fetched blocks are written to the disk cache in the background. A read
+Fetched blocks are written to the disk cache in the background, up to
+STORE_BACKLOG bytes waiting, so a slow disk bounds memory, not the reader. A read
 returns exactly the bytes asked for, clipped at end of file, or raises
 StoreError (EIO): a short or wrong-sized body is never passed on.
 """
@@ -53,6 +54,7 @@ PREFETCH_BUDGET = 256 << 20
 PREFETCH_CONNECTIONS = 32
 HEAD = 64 << 10  # a CT/MR header, and the kernel's first read of a small file (16 KiB for a 4 KiB read)
 HEADER_STREAK = 2
+STORE_BACKLOG = 128 << 20  # fetched bytes waiting for the disk cache; beyond this they are not cached
 
 
 class _Flight:
@@ -157,6 +159,7 @@ class Reader:
         self._series: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._prefetching = 0  # bytes of series prefetch in flight
         self._partial = 0  # small files closed in a row after reading only part of them
+        self._unstored = 0  # bytes fetched and not yet written to the disk cache
         # counters
         self.get_requests = 0
         self.bytes_fetched = 0
@@ -322,14 +325,22 @@ class Reader:
                     for i in range(lo, hi):
                         part = view[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
                         self._deliver(f, i, part, flight)
-                    if self.cache is not None:
-                        self.nursery.start_soon(self._store, uuid, f.name, bs, lo, data)
+                    self._store_later(uuid, f.name, bs, lo, data)
         finally:
             self.in_flight -= 1
             self._land(f, missing, flight)
 
+    def _store_later(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
+        if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
+            return
+        self._unstored += len(data)
+        self.nursery.start_soon(self._store, uuid, name, bs, first, data)
+
     async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
+        try:
+            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
+        finally:
+            self._unstored -= len(data)
 
     # -- heads: the first HEAD bytes of a small file, cached as a block of their own
 
@@ -361,8 +372,7 @@ class Reader:
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += 1
-                    if self.cache is not None:
-                        self.nursery.start_soon(self._store, uuid, f.name, HEAD, 0, data)
+                    self._store_later(uuid, f.name, HEAD, 0, data)
                 flight.blocks[0] = data
                 self.memory.put(k, data)
         finally:
