@@ -449,3 +449,23 @@ def test_cli_basics():
         r = idcfs(*args)
         assert r.returncode == 0 and "usage:" in r.stdout
     assert idcfs().returncode == 2
+
+
+def test_mounted_context_manager(sandbox, tmp_path):
+    import idcfs
+
+    root = tmp_path / "new" / "idc"  # created, and removed again on exit
+    ends = {"s3_endpoint": sandbox.s3_endpoint, "gcs_endpoint": sandbox.gcs_endpoint, "cache_dir": tmp_path / "c"}
+    with idcfs.mounted(root, filter="Modality = 'CT'", manifest=sandbox.manifest, **ends) as mnt:
+        assert mnt == root and os.path.ismount(root)
+        files = files_under(mnt)
+        assert files and {os.getxattr(p.parent, "user.idc.Modality") for p in files} == {b"CT"}
+        got, origin = read_all(mnt), origin_files(sandbox)
+        assert got and all(origin[k] == v for k, v in got.items())
+        held = open(files[0], "rb")  # an open file must not make the exit fail
+    held.close()
+    assert not root.exists()
+    with pytest.raises(idcfs.MountFailed, match="invalid --filter"):
+        with idcfs.mounted(root, filter="Modality = = 'CT'", **ends):
+            pass
+    assert not root.exists()
