@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from idcfs.sandbox import read_uncached
+
 from .harness import REPO, SM_SERIES, origin, origin_dir, unmount, wait_mounted
 
 
@@ -33,18 +35,6 @@ def _daemon_sample(pid: int) -> dict:
         "threads": int(fields["Threads"]),
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
     }
-
-
-def _read_whole(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # reach the daemon, not the page cache
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _reader(seed: int, files: list[tuple[str, str]], slide: tuple[str, str] | None, until: float, out) -> None:
@@ -64,7 +54,7 @@ def _reader(seed: int, files: list[tuple[str, str]], slide: tuple[str, str] | No
                 good = got == want
             else:
                 path, digest = rng.choice(files)
-                got = _read_whole(path)
+                got = read_uncached(path)
                 good = hashlib.sha256(got).hexdigest() == digest
             counts["ok" if good else "wrong"] += 1
             counts["bytes"] += len(got)

@@ -190,14 +190,17 @@ class MetaCache(_Degradable):
     def counters(self) -> dict[str, int]:
         return {name: int(self._cache.get("count:" + name, 0)) for name in COUNTERS}
 
+    def _listing_keys(self):
+        return (k for k in self._cache.iterkeys() if str(k).startswith("list:"))
+
     def has_listings(self) -> bool:
         try:
-            return any(str(k).startswith("list:") for k in self._cache.iterkeys())
+            return next(self._listing_keys(), None) is not None
         except _DB_ERRORS:
             return False
 
     def listings(self) -> int:
-        return sum(1 for k in self._cache.iterkeys() if str(k).startswith("list:"))
+        return sum(1 for _ in self._listing_keys())
 
     def volume(self) -> int:
         return self._cache.volume()

@@ -215,27 +215,17 @@ def _check_cache_dir(path: Path) -> Path:
     return path
 
 
-def _parse_cache_size(text: str) -> int:
+def _size_arg(flag: str, text: str, minimum_mb: int, zero_turns_off: str | None = None) -> int:
+    """A size flag's value in bytes; 0 is allowed only when it turns something off."""
     from .cache import parse_size
 
     try:
         size = parse_size(text)
     except ValueError as e:
-        raise UsageError(f"--cache-size: {e}") from None
-    if 0 < size < 64 << 20:
-        raise UsageError(f"--cache-size {text} is below the minimum of 64M (0 turns the block cache off)")
-    return size
-
-
-def _parse_memory(text: str) -> int:
-    from .cache import parse_size
-
-    try:
-        size = parse_size(text)
-    except ValueError as e:
-        raise UsageError(f"--memory: {e}") from None
-    if size < 16 << 20:
-        raise UsageError(f"--memory {text} is below the minimum of 16M")
+        raise UsageError(f"{flag}: {e}") from None
+    if size < minimum_mb << 20 and not (size == 0 and zero_turns_off):
+        hint = f" (0 turns {zero_turns_off} off)" if zero_turns_off else ""
+        raise UsageError(f"{flag} {text} is below the minimum of {minimum_mb}M{hint}")
     return size
 
 
@@ -254,8 +244,8 @@ def _validate_mount_args(args) -> None:
     from .mount import MountError, check_mountpoint
 
     _validate_origin_args(args)
-    args.cache_size = _parse_cache_size(args.cache_size)
-    args.memory = _parse_memory(args.memory)
+    args.cache_size = _size_arg("--cache-size", args.cache_size, 64, zero_turns_off="the block cache")
+    args.memory = _size_arg("--memory", args.memory, 16)
     if args.log_file is not None:
         args.log_file = Path(os.path.abspath(os.path.expanduser(args.log_file)))
         try:

@@ -127,6 +127,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_uncached(path: str | os.PathLike) -> bytes:
+    """A whole file, from its filesystem rather than the page cache (so a mount's daemon serves it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

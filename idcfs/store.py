@@ -115,6 +115,8 @@ class _Provider:
 
     def _client(self):
         drop_credentials()
+        attempt = self.deadline / 3  # per socket read; connecting gets at most 5 s of it
+        connect = min(5.0, attempt)
         if self.name == "aws":
             import s3fs
 
@@ -125,8 +127,8 @@ class _Provider:
                 client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
                 config_kwargs={
                     "max_pool_connections": 64,
-                    "connect_timeout": min(5.0, self.deadline / 3),
-                    "read_timeout": self.deadline / 3,
+                    "connect_timeout": connect,
+                    "read_timeout": attempt,
                     "retries": {"max_attempts": 3, "mode": "standard"},
                     # A CRC over every body costs a fifth of the GET path's CPU; lengths are checked
                     # here and blocks carry their own digest in the cache.
@@ -145,9 +147,7 @@ class _Provider:
             use_listings_cache=False,
             skip_instance_cache=True,
             # Per socket read, as botocore's read_timeout: a slow but flowing body is not cut off.
-            requests_timeout=aiohttp.ClientTimeout(
-                sock_connect=min(5.0, self.deadline / 3), sock_read=self.deadline / 3
-            ),
+            requests_timeout=aiohttp.ClientTimeout(sock_connect=connect, sock_read=attempt),
         )
 
     def bucket(self, aws_bucket: str) -> str:

@@ -19,6 +19,7 @@ import pytest
 from idcfs.cache import WHOLE_FILE
 from idcfs.faultproxy import FAULTS, FaultProxy
 from idcfs.namespace import GCS_MIRROR
+from idcfs.sandbox import read_uncached
 from idcfs.store import ObjectStore, StoreError
 
 from .conftest import files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
@@ -28,19 +29,6 @@ TIMEOUT = 3.0  # --timeout of the mounts below
 EIO_BOUND = 2 * 2 * TIMEOUT + 2
 # 10,000 in `make soak`; fewer in CI, where the run must stay short.
 FAULT_READS = int(os.environ.get("IDCFS_FAULT_READS", "2000"))
-
-
-def read_file(path: Path) -> bytes:
-    """The whole file, from idcfs rather than the kernel's page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def sha(data: bytes) -> str:
@@ -88,7 +76,7 @@ def test_ten_percent_faults_give_exact_bytes_or_eio(mount, sandbox):
 
         def one(p: Path) -> str:
             try:
-                data = read_file(p)
+                data = read_uncached(p)
             except OSError as e:
                 return "eio" if e.errno == errno.EIO else f"errno {e.errno}"
             return "ok" if sha(data) == want[p] else f"wrong: {len(data)} of {p.stat().st_size} bytes"
@@ -119,7 +107,7 @@ def test_all_requests_failing_gives_eio_in_bounded_time_then_recovers(mount, san
         for p in files:
             t = time.monotonic()
             with pytest.raises(OSError) as e:
-                read_file(p)
+                read_uncached(p)
             took.append(time.monotonic() - t)
             assert e.value.errno == errno.EIO, p
         t = time.monotonic()
@@ -133,7 +121,7 @@ def test_all_requests_failing_gives_eio_in_bounded_time_then_recovers(mount, san
             proxy.fault_rate = 0.0
         t = time.monotonic()
         for p in files:
-            assert sha(read_file(p)) == expected(sandbox, p)
+            assert sha(read_uncached(p)) == expected(sandbox, p)
         assert os.listdir(unlisted)
         assert time.monotonic() - t < 10  # at once: a failed read is not remembered
         print(f"EIO after {min(took):.2f}-{max(took):.2f} s (bound {EIO_BOUND:.0f} s at --timeout {TIMEOUT:.0f})")
@@ -149,7 +137,7 @@ def test_a_stalled_series_does_not_block_other_reads(mount, sandbox):
         dirs = sorted(d for d, fs in by_series.items() if len(fs) >= 2 and fs[0].stat().st_size <= WHOLE_FILE)
         stalled, other = dirs[0], dirs[1]
         cached = by_series[other][0]
-        assert sha(read_file(cached)) == expected(sandbox, cached)
+        assert sha(read_uncached(cached)) == expected(sandbox, cached)
         for proxy in (s3, gcs):
             proxy.only = uuid_of(stalled)
             proxy.fault_rate, proxy.faults, proxy.stall_seconds = 1.0, ("stall",), 60.0
@@ -157,7 +145,7 @@ def test_a_stalled_series_does_not_block_other_reads(mount, sandbox):
 
         def reader(p):
             try:
-                results[p] = sha(read_file(p))
+                results[p] = sha(read_uncached(p))
             except OSError as e:
                 results[p] = f"errno {e.errno}"
 
@@ -165,10 +153,14 @@ def test_a_stalled_series_does_not_block_other_reads(mount, sandbox):
         for r in readers:
             r.start()
         time.sleep(0.5)
+
+        def exact(p: Path) -> bool:
+            return sha(read_uncached(p)) == expected(sandbox, p)
+
         checks = {
-            "cached file": lambda: sha(read_file(cached)) == expected(sandbox, cached),
-            "uncached file": lambda: all(sha(read_file(p)) == expected(sandbox, p) for p in by_series[other][1:3]),
-            "a third series": lambda: all(sha(read_file(p)) == expected(sandbox, p) for p in by_series[dirs[2]][:1]),
+            "cached file": lambda: exact(cached),
+            "uncached file": lambda: all(exact(p) for p in by_series[other][1:3]),
+            "a third series": lambda: all(exact(p) for p in by_series[dirs[2]][:1]),
             "find": lambda: subprocess.run(["find", str(mnt)], capture_output=True).returncode == 0,
             "ls of the stalled series": lambda: len(os.listdir(stalled)) == len(by_series[stalled]),
             "stats": lambda: mount_stats(mnt)["in_flight"] >= 1,
@@ -204,7 +196,7 @@ def test_kill_9_during_reads_then_remount_with_valid_cache(sandbox, tmp_path):
         def reader(part):
             for p in part:
                 try:
-                    outcomes.append("ok" if sha(read_file(p)) == expected(sandbox, p) else "wrong")
+                    outcomes.append("ok" if sha(read_uncached(p)) == expected(sandbox, p) else "wrong")
                 except OSError as e:
                     outcomes.append(errno.errorcode.get(e.errno, str(e.errno)))
 
@@ -245,7 +237,7 @@ def test_two_mounts_share_one_cache(mount, sandbox, tmp_path):
             random.Random(seed).shuffle(files)
             jobs.append(files)
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda fs: {p: sha(read_file(p)) == expected(sandbox, p) for p in fs}, jobs))
+            results = list(pool.map(lambda fs: {p: sha(read_uncached(p)) == expected(sandbox, p) for p in fs}, jobs))
         assert all(all(r.values()) for r in results)
         assert s3.counters.gets < 2 * len(jobs[0])  # the mounts fetched for each other
         for m in (a, b):
