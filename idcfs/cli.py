@@ -23,8 +23,8 @@ log = logging.getLogger("idcfs")
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    pass
+class UsageError(ValueError):
+    """Bad input: the message says what to fix."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -334,6 +334,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     log.info("namespace: %d series, %d directories in %.2fs", ns.num_series, ns.num_dirs, time.monotonic() - t0)
 
     from .cache import CacheDir
+    from .engine import Engine
     from .fs import IdcOperations
     from .mount import serve
 
@@ -353,7 +354,7 @@ def cmd_mount(args, argv: list[str]) -> int:
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
-    ops = IdcOperations(ns, store, cache, mtime_ns=mtime_ns, memory=args.memory)
+    ops = IdcOperations(Engine(ns, store, cache, memory=args.memory), mtime_ns=mtime_ns)
 
     def ready():
         log.info("mounted %s at %s (%.2fs)", index, args.mountpoint, time.monotonic() - t0)

@@ -18,11 +18,11 @@ import stat
 import pyfuse3
 import trio
 
-from .cache import BLOCK_SIZE, WHOLE_FILE, CacheDir
-from .listing import InstanceFile, Listings
-from .namespace import Namespace
-from .readpath import MEMORY, OpenFile, Reader
-from .store import ObjectStore, StoreError
+from .cache import BLOCK_SIZE, WHOLE_FILE
+from .engine import Engine, Node
+from .listing import InstanceFile
+from .readpath import OpenFile
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -60,66 +60,21 @@ class IdcOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(
-        self,
-        ns: Namespace,
-        store: ObjectStore,
-        cache: CacheDir | None,
-        mtime_ns: int,
-        io_threads: int = 32,
-        memory: int = MEMORY,
-    ):
+    def __init__(self, engine: Engine, mtime_ns: int):
         super().__init__()
-        self.ns = ns
-        self.store = store
-        self.cache = cache
+        self.engine = engine
+        self.ns = engine.ns
         self.mtime_ns = mtime_ns
         self.uid, self.gid = os.getuid(), os.getgid()
-        # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
-        meta = cache.meta if cache else None
-        self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
-        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory)
-        self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
-        self._flushed: dict[str, int] = {}
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Called by the mount loop: background fetches, cache writes and counter flushes run in nursery."""
-        self.reader.attach(nursery)
-        nursery.start_soon(self._flush_counters_every, 10.0)
+        self.engine.attach(nursery)
 
     def close(self) -> None:
-        self.flush_counters()
-        if self.cache is not None:
-            self.cache.close()
-
-    def _lifetime_counters(self) -> dict[str, int]:
-        r = self.reader
-        return {
-            "hits": r.hits,
-            "misses": r.misses,
-            "bytes_fetched": r.bytes_fetched,
-            "get_requests": r.get_requests,
-            "list_requests": self.listings.list_requests,
-            "corrupt_blocks": r.cache.corrupt if r.cache else 0,
-        }
-
-    def flush_counters(self) -> None:
-        """Add what was counted since the last flush to the cache directory's lifetime counters."""
-        if self.cache is None:
-            return
-        now = self._lifetime_counters()
-        self.cache.meta.add_counters({k: v - self._flushed.get(k, 0) for k, v in now.items()})
-        self._flushed = now
-
-    async def _flush_counters_every(self, seconds: float) -> None:
-        while True:
-            await trio.sleep(seconds)
-            try:
-                await trio.to_thread.run_sync(self.flush_counters)
-            except Exception as e:
-                log.warning("cannot save counters: %s", e)
+        self.engine.close()
 
     # -- attributes
 
@@ -152,12 +107,17 @@ class IdcOperations(pyfuse3.Operations):
     def _file_attr(self, f: InstanceFile):
         return self._attr(f.ino, directory=False, size=f.size, mtime_ns=f.mtime_ns)
 
+    def _node_attr(self, node: Node | None):
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._file_attr(node) if isinstance(node, InstanceFile) else self._dir_attr(node)
+
     def _dir_id(self, ino: int) -> int | None:
         d = ino - 1
         return d if 0 <= d <= self.ns.num_dirs else None
 
     def _file(self, ino: int) -> InstanceFile:
-        f = self.listings.files.get(ino)
+        f = self.engine.listings.files.get(ino)
         if f is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return f
@@ -175,15 +135,7 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         if text == ".":
             return self._dir_attr(dir_id)
-        if self.ns.is_leaf(dir_id):
-            f = (await self.listings.files_of(dir_id)).get(text)
-            if f is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            return self._file_attr(f)
-        child = self.ns.lookup(dir_id, text)
-        if child is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._dir_attr(child)
+        return self._node_attr(await self.engine.child(dir_id, text))
 
     @_boundary
     async def getattr(self, inode, ctx=None):
@@ -204,16 +156,8 @@ class IdcOperations(pyfuse3.Operations):
 
     @_boundary
     async def readdir(self, fh, start_id, token):
-        dir_id = self._dir_id(fh)
-        if self.ns.is_leaf(dir_id):
-            await self.listings.files_of(dir_id)
-            files = self.listings.in_order(dir_id)
-            for i in range(start_id, len(files)):
-                if not pyfuse3.readdir_reply(token, files[i].name.encode(), self._file_attr(files[i]), i + 1):
-                    return
-            return
-        for i, (name, child) in enumerate(self.ns.subdirs(dir_id, start_id), start_id):
-            if not pyfuse3.readdir_reply(token, name.encode(), self._dir_attr(child), i + 1):
+        for i, (name, node) in enumerate(await self.engine.children(self._dir_id(fh), start_id), start_id):
+            if not pyfuse3.readdir_reply(token, name.encode(), self._node_attr(node), i + 1):
                 return
 
     @_boundary
@@ -225,7 +169,7 @@ class IdcOperations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 1 << 20
         s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = self.ns.num_dirs + len(self.listings.files)
+        s.f_files = self.ns.num_dirs + len(self.engine.listings.files)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
@@ -240,7 +184,7 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         f = self._file(inode)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        self._open[fh] = self.reader.open(f, self.listings.in_order(f.dir_id))
+        self._open[fh] = self.engine.open(f)
         # Large instances (slide microscopy) bypass the page cache: the kernel's readahead would turn
         # one tile read into megabytes of GETs. Our own readahead serves sequential readers of them.
         if f.size > WHOLE_FILE:
@@ -252,13 +196,13 @@ class IdcOperations(pyfuse3.Operations):
         of = self._open.get(fh)
         if of is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await self.reader.read(of, off, size)
+        return await self.engine.read(of, off, size)
 
     @_boundary
     async def release(self, fh):
         of = self._open.pop(fh, None)
         if of is not None:
-            self.reader.close(of)
+            self.engine.release(of)
 
     async def flush(self, fh):
         # Nothing to flush on a read-only mount; ENOSYS makes the kernel stop sending flush on close.
@@ -280,36 +224,11 @@ class IdcOperations(pyfuse3.Operations):
 
     # -- extended attributes: user.idc.* on leaf directories and files
 
-    def stats(self) -> dict[str, int]:
-        r = self.reader
-        return {
-            **self._lifetime_counters(),
-            "in_flight": r.in_flight,
-            "memory_hits": r.memory_hits,
-            "bytes_read": r.bytes_read,
-            "prefetched_files": r.prefetched_files,
-            "failovers": self.store.failovers,
-            "origin_errors": self.store.errors,
-            "open_files": len(self._open),
-            "files_known": len(self.listings.files),
-        }
-
     async def _xattrs(self, inode) -> dict[str, str]:
         dir_id = self._dir_id(inode)
         if dir_id == 0:  # control attributes of the mount itself
-            return {"stats": json.dumps(self.stats())}
-        if dir_id is not None:
-            series = self.ns.series_in(dir_id) if self.ns.is_leaf(dir_id) else []
-            if len(series) != 1:
-                return {}
-            s, url = series[0], self.store.url(series[0].aws_bucket, series[0].crdc_series_uuid + "/")
-        else:
-            f = self._file(inode)
-            s, url = f.series, self.store.url(f.series.aws_bucket, f.key)
-        meta = await trio.to_thread.run_sync(self.ns.series_metadata, s.crdc_series_uuid, limiter=self._db)
-        meta["aws_bucket"] = s.aws_bucket
-        meta["url"] = url
-        return meta
+            return {"stats": json.dumps({**self.engine.stats(), "open_files": len(self._open)})}
+        return await self.engine.metadata(self._file(inode) if dir_id is None else dir_id)
 
     @_boundary
     async def listxattr(self, inode, ctx):

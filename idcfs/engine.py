@@ -1,0 +1,148 @@
+"""The tree, its listings and the read path wired together over one store and cache directory.
+
+Both front ends use it: the FUSE adapter (fs.py) by inode, the fsspec `idc://`
+protocol (spec.py) by path. Everything here is async and runs in one trio run;
+background fetches, cache writes and counter flushes go in the nursery given
+to attach().
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .cache import CacheDir
+from .listing import InstanceFile, Listings
+from .namespace import Namespace
+from .readpath import MEMORY, OpenFile, Reader
+from .store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+Node = int | InstanceFile  # a directory id, or an instance file
+
+
+class Engine:
+    def __init__(
+        self,
+        ns: Namespace,
+        store: ObjectStore,
+        cache: CacheDir | None,
+        io_threads: int = 32,
+        memory: int = MEMORY,
+    ):
+        self.ns = ns
+        self.store = store
+        self.cache = cache
+        # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
+        meta = cache.meta if cache else None
+        self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
+        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory)
+        self._db = trio.CapacityLimiter(1)  # one duckdb connection
+        self._flushed: dict[str, int] = {}
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self.reader.attach(nursery)
+        nursery.start_soon(self._flush_counters_every, 10.0)
+
+    def close(self) -> None:
+        self.flush_counters()
+        if self.cache is not None:
+            self.cache.close()
+
+    # -- the tree by name
+
+    async def child(self, dir_id: int, name: str) -> Node | None:
+        """The entry `name` of directory dir_id; a leaf directory's files are LISTed on first use."""
+        if self.ns.is_leaf(dir_id):
+            return (await self.listings.files_of(dir_id)).get(name)
+        return self.ns.lookup(dir_id, name)
+
+    async def children(self, dir_id: int, start: int = 0) -> list[tuple[str, Node]]:
+        """The entries of a directory from the start-th on, in name order."""
+        if self.ns.is_leaf(dir_id):
+            await self.listings.files_of(dir_id)
+            return [(f.name, f) for f in self.listings.in_order(dir_id)[start:]]
+        return self.ns.subdirs(dir_id, start)
+
+    async def resolve(self, parts: list[str]) -> Node:
+        """The node at a path given as its components; FileNotFoundError or NotADirectoryError."""
+        node: Node = 0
+        for depth, name in enumerate(parts):
+            if isinstance(node, InstanceFile):
+                raise NotADirectoryError("/".join(parts[:depth]))
+            found = await self.child(node, name)
+            if found is None:
+                raise FileNotFoundError("/".join(parts[: depth + 1]))
+            node = found
+        return node
+
+    # -- files
+
+    def open(self, f: InstanceFile) -> OpenFile:
+        return self.reader.open(f, self.listings.in_order(f.dir_id))
+
+    async def read(self, of: OpenFile, offset: int, size: int):
+        return await self.reader.read(of, offset, size)
+
+    def release(self, of: OpenFile) -> None:
+        self.reader.close(of)
+
+    async def metadata(self, node: Node) -> dict[str, str]:
+        """Index columns of the series a leaf directory or file belongs to, with its bucket and URL;
+        {} for directories above the series level (or leaves holding several series)."""
+        if isinstance(node, InstanceFile):
+            s, url = node.series, self.store.url(node.series.aws_bucket, node.key)
+        else:
+            series = self.ns.series_in(node)
+            if len(series) != 1:
+                return {}
+            s, url = series[0], self.store.url(series[0].aws_bucket, series[0].crdc_series_uuid + "/")
+        meta = await trio.to_thread.run_sync(self.ns.series_metadata, s.crdc_series_uuid, limiter=self._db)
+        meta["aws_bucket"] = s.aws_bucket
+        meta["url"] = url
+        return meta
+
+    # -- counters
+
+    def lifetime_counters(self) -> dict[str, int]:
+        r = self.reader
+        return {
+            "hits": r.hits,
+            "misses": r.misses,
+            "bytes_fetched": r.bytes_fetched,
+            "get_requests": r.get_requests,
+            "list_requests": self.listings.list_requests,
+            "corrupt_blocks": r.cache.corrupt if r.cache else 0,
+        }
+
+    def stats(self) -> dict[str, int]:
+        r = self.reader
+        return {
+            **self.lifetime_counters(),
+            "in_flight": r.in_flight,
+            "memory_hits": r.memory_hits,
+            "bytes_read": r.bytes_read,
+            "prefetched_files": r.prefetched_files,
+            "unstored_bytes": r._unstored,  # fetched, not yet in the disk cache
+            "failovers": self.store.failovers,
+            "origin_errors": self.store.errors,
+            "files_known": len(self.listings.files),
+        }
+
+    def flush_counters(self) -> None:
+        """Add what was counted since the last flush to the cache directory's lifetime counters."""
+        if self.cache is None:
+            return
+        now = self.lifetime_counters()
+        self.cache.meta.add_counters({k: v - self._flushed.get(k, 0) for k, v in now.items()})
+        self._flushed = now
+
+    async def _flush_counters_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            try:
+                await trio.to_thread.run_sync(self.flush_counters)
+            except Exception as e:
+                log.warning("cannot save counters: %s", e)

@@ -1,0 +1,352 @@
+"""The fsspec protocol `idc://`: the mount's tree, read path and cache, without FUSE.
+
+    import fsspec, pydicom
+    fs = fsspec.filesystem("idc", filter="collection_id = 'rider_pilot'")
+    with fs.open(fs.find("rider_pilot")[0]) as f:
+        ds = pydicom.dcmread(f)
+
+Storage options are those of `idcfs mount`. Reads go through the same engine
+as the mount, in a trio run on a background thread, and the same cache
+directory (default: the user cache dir), so a file read by either is warm for
+the other. Filesystems with equal options in one process share one engine
+(fsspec makes an instance per thread). A forked process (a DataLoader worker)
+starts its own engine on first use; the parent's is left untouched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import errno
+import os
+import threading
+from pathlib import Path
+
+import trio
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+
+from .engine import Engine, Node
+from .listing import InstanceFile
+from .store import StoreError
+
+READ_BLOCK = 16 << 10  # buffered reads fetch at least this much, as the mount's st_blksize does
+
+
+class _Loop:
+    """One Engine served to synchronous callers by a trio run on a daemon thread."""
+
+    def __init__(self, build):
+        self.engine: Engine | None = None
+        self._build = build
+        self._token = None
+        self._error: BaseException | None = None
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="idcfs-engine", daemon=True)
+        self._thread.start()
+        started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, started: threading.Event) -> None:
+        try:
+            trio.run(self._main, started)
+        except BaseException as e:
+            self._error = e
+        finally:
+            started.set()
+
+    async def _main(self, started: threading.Event) -> None:
+        self.engine = self._build()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self.engine.attach(nursery)
+            self._token = trio.lowlevel.current_trio_token()
+            started.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def call(self, afn, *args):
+        try:
+            return trio.from_thread.run(afn, *args, trio_token=self._token)
+        except StoreError as e:
+            raise OSError(errno.EIO, str(e)) from None
+        except trio.RunFinishedError:
+            raise OSError(errno.EIO, "the idc:// engine has stopped") from None
+
+    def call_sync(self, fn, *args):
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            self._thread.join(30)
+        if self.engine is not None:
+            self.engine.close()
+
+
+_lock = threading.Lock()
+_loops: dict[tuple, _Loop] = {}  # (pid, options) -> the engine of this process for those options
+_inherited: list[_Loop] = []  # a parent's engines: never used or finalized in a child
+
+
+def _after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _inherited.extend(_loops.values())
+    _loops.clear()
+
+
+def _close_all() -> None:
+    for loop in list(_loops.values()):
+        loop.close()
+    _loops.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_close_all)  # daemon threads still run during atexit: counters are flushed
+
+
+def _to_read_only(*_, **__):
+    raise OSError(errno.EROFS, "idc:// is read-only")
+
+
+class IdcFileSystem(AbstractFileSystem):
+    """IDC as an fsspec filesystem: collection/patient/study/series/instance, read-only.
+
+    Options (all keyword, as the `idcfs mount` flags): source ("aws" or "gcs"), s3_endpoint,
+    gcs_endpoint (default: the env vars IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT, then the public
+    buckets), filter (SQL WHERE over the index), manifest, collections, template, index (parquet),
+    cache_dir, cache_size ("10G"; "0" turns the block cache off), memory ("256M"), timeout (30 s).
+    Bad options raise ValueError with the message `idcfs mount` would print.
+    """
+
+    protocol = "idc"
+    root_marker = ""
+
+    def __init__(
+        self,
+        *,
+        source: str = "aws",
+        s3_endpoint: str | None = None,
+        gcs_endpoint: str | None = None,
+        filter: str | None = None,
+        manifest: str | os.PathLike | None = None,
+        collections: tuple[str, ...] | list[str] = (),
+        template: str | None = None,
+        index: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_size: str = "10G",
+        memory: str = "256M",
+        timeout: float = 30.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from .cli import _check_cache_dir, _check_url, _default_cache_dir, _default_index, _size_arg
+
+        if source not in ("aws", "gcs"):
+            raise ValueError(f"bad source {source!r}: give 'aws' or 'gcs'")
+        s3_endpoint = s3_endpoint or os.environ.get("IDCFS_S3_ENDPOINT")
+        gcs_endpoint = gcs_endpoint or os.environ.get("IDCFS_GCS_ENDPOINT")
+        _check_url("s3_endpoint", s3_endpoint)
+        _check_url("gcs_endpoint", gcs_endpoint)
+        if not 1 <= float(timeout) <= 600:
+            raise ValueError(f"timeout {timeout} is out of range: give 1 to 600 seconds")
+        if manifest is not None and not Path(manifest).is_file():
+            raise ValueError(f"manifest {manifest} is not a file")
+        self._options = (
+            source,
+            s3_endpoint,
+            gcs_endpoint,
+            filter,
+            str(Path(manifest).resolve()) if manifest is not None else None,
+            tuple(collections),
+            template,
+            str(Path(index or _default_index()).resolve()),
+            str(_check_cache_dir(Path(cache_dir) if cache_dir is not None else _default_cache_dir())),
+            _size_arg("cache_size", str(cache_size), 64, zero_turns_off="the block cache"),
+            _size_arg("memory", str(memory), 16),
+            float(timeout),
+        )
+        self._loop()  # build now: a bad filter or manifest fails here, not on first read
+
+    def _build(self) -> Engine:
+        from .cache import CacheDir
+        from .namespace import DEFAULT_TEMPLATE, Namespace, Selection
+        from .store import ObjectStore, drop_credentials
+
+        source, s3, gcs, filt, manifest, collections, template, index, cache_dir, cache_size, memory, timeout = (
+            self._options
+        )
+        drop_credentials()
+        selection = Selection(filter=filt, collections=collections, manifest=Path(manifest) if manifest else None)
+        ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
+        store = ObjectStore(source, s3, gcs, timeout=timeout)
+        cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)
+        return Engine(ns, store, cache, memory=memory)
+
+    def _loop(self) -> _Loop:
+        key = (os.getpid(), self._options)
+        loop = _loops.get(key)
+        if loop is None:
+            with _lock:
+                loop = _loops.get(key)
+                if loop is None:
+                    loop = _loops[key] = _Loop(self._build)
+        return loop
+
+    @property
+    def engine(self) -> Engine:
+        return self._loop().engine
+
+    # -- paths
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        if path.startswith("idc://"):
+            path = path[len("idc://") :]
+        return path.strip("/")
+
+    def unstrip_protocol(self, name: str) -> str:
+        return "idc://" + name
+
+    def _node(self, path: str) -> Node:
+        path = self._strip_protocol(path)
+        return self._loop().call(self.engine.resolve, [p for p in path.split("/") if p])
+
+    def _entry(self, path: str, node: Node) -> dict:
+        if isinstance(node, InstanceFile):
+            return {
+                "name": path,
+                "size": node.size,
+                "type": "file",
+                "mtime": node.mtime_ns / 1e9,
+                "ETag": node.etag,
+                "crdc_series_uuid": node.series.crdc_series_uuid,
+            }
+        return {"name": path, "size": 0, "type": "directory"}
+
+    # -- reading the tree
+
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        return self._entry(path, self._node(path))
+
+    def ls(self, path, detail=True, **kwargs):
+        path = self._strip_protocol(path)
+        node = self._node(path)
+        if isinstance(node, InstanceFile):
+            entries = [self._entry(path, node)]
+        else:
+            loop = self._loop()
+            prefix = path + "/" if path else ""
+            entries = [self._entry(prefix + name, n) for name, n in loop.call(loop.engine.children, node)]
+        return entries if detail else [e["name"] for e in entries]
+
+    def exists(self, path, **kwargs):
+        try:
+            self._node(path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def ukey(self, path):
+        return self.info(path).get("ETag") or self._strip_protocol(path)
+
+    def modified(self, path):
+        info = self.info(path)
+        if info["type"] != "file":
+            raise IsADirectoryError(path)
+        return datetime.datetime.fromtimestamp(info["mtime"], tz=datetime.timezone.utc)
+
+    created = modified
+
+    def metadata(self, path) -> dict[str, str]:
+        """The index columns of the series a file or series directory belongs to ({} above that level)."""
+        loop = self._loop()
+        return loop.call(loop.engine.metadata, self._node(path))
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this process's engine: GETs, bytes fetched, cache hits and misses."""
+        loop = self._loop()
+        return loop.call_sync(loop.engine.stats)
+
+    # -- reading files
+
+    def _file(self, path) -> InstanceFile:
+        node = self._node(path)
+        if not isinstance(node, InstanceFile):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", self._strip_protocol(path))
+        return node
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        f = self._file(path)
+        start, end = _clip(f.size, start, end)
+        if start >= end:
+            return b""
+        loop = self._loop()
+        return loop.call(_read_once, loop.engine, f, start, end)
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        if mode != "rb":
+            raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
+        return IdcFile(self, path, self._file(path), block_size=block_size, cache_options=cache_options, **kwargs)
+
+    # -- read-only: everything that would change the tree
+
+    def makedirs(self, path, exist_ok=False):
+        if exist_ok and self.isdir(path):
+            return
+        _to_read_only()
+
+    mkdir = rmdir = rm_file = _rm = rm = cp_file = put_file = pipe_file = touch = mv = _to_read_only
+
+
+def _clip(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """fsspec's range convention: None is the start or end, negatives count from the end."""
+    start = 0 if start is None else (max(0, size + start) if start < 0 else min(start, size))
+    end = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+    return start, end
+
+
+async def _read_once(engine: Engine, f: InstanceFile, start: int, end: int) -> bytes:
+    of = engine.open(f)
+    try:
+        return bytes(await engine.read(of, start, end - start))
+    finally:
+        engine.release(of)
+
+
+class IdcFile(AbstractBufferedFile):
+    """An instance file opened for reading; reads go to the engine's read path."""
+
+    def __init__(self, fs: IdcFileSystem, path: str, f: InstanceFile, block_size=None, cache_type=None, **kwargs):
+        super().__init__(
+            fs,
+            fs._strip_protocol(path),
+            mode="rb",
+            block_size=block_size or READ_BLOCK,
+            cache_type=cache_type or "readahead",
+            size=f.size,
+            **kwargs,
+        )
+        self._loop = fs._loop()
+        self._pid = os.getpid()
+        self._of = self._loop.call_sync(self._loop.engine.open, f)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        if os.getpid() != self._pid:
+            raise OSError(errno.EBADF, "an idc:// file opened before fork cannot be read after it: open it again")
+        loop = self._loop
+        return loop.call(_read_bytes, loop.engine, self._of, start, end)
+
+    def close(self) -> None:
+        if not self.closed and os.getpid() == self._pid and self._loop._thread.is_alive():
+            self._loop.call_sync(self._loop.engine.release, self._of)
+        super().close()
+
+
+async def _read_bytes(engine: Engine, of, start: int, end: int) -> bytes:
+    return bytes(await engine.read(of, start, end - start))

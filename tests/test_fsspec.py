@@ -1,0 +1,278 @@
+"""The idc:// fsspec protocol: the mount's tree, bytes and cache, without FUSE.
+
+The reference is always real: the origin's sha256 of every object, and a real
+FUSE mount of the same selection read through the kernel (fsspec's
+LocalFileSystem over it stands in for "what a filesystem does").
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import multiprocessing
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from idcfs.sandbox import sha256_file
+
+from .conftest import by_modality, idcfs, mount_stats, origin_files, series_dir
+
+
+def _options(sandbox, cache_dir: Path, **kw) -> dict:
+    return {
+        "manifest": str(sandbox.manifest),
+        "s3_endpoint": sandbox.s3_endpoint,
+        "gcs_endpoint": sandbox.gcs_endpoint,
+        "cache_dir": str(cache_dir),
+        **kw,
+    }
+
+
+def _fs(sandbox, cache_dir: Path, **kw):
+    return fsspec.filesystem("idc", **_options(sandbox, cache_dir, **kw))
+
+
+def _key(fs, path: str) -> str:
+    return f"{fs.info(path)['crdc_series_uuid']}/{path.rsplit('/', 1)[1]}"
+
+
+def _tree(root: Path) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(root):
+        rel = os.path.relpath(d, root)
+        out += [os.path.normpath(os.path.join(rel, n)) for n in dirs + files]
+    return sorted(out)
+
+
+def _wait_stored(stats, timeout: float = 30) -> None:
+    """Until every fetched block has reached the disk cache."""
+    deadline = time.monotonic() + timeout
+    while stats()["unstored_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stats()["unstored_bytes"] == 0
+
+
+@pytest.mark.parametrize("source", ["aws", "gcs"])
+def test_same_tree_and_bytes_as_the_mount_and_the_origin(mount, sandbox, tmp_path, source):
+    mnt = mount("--source", source)
+    fs = _fs(sandbox, tmp_path / "fscache", source=source)
+    assert type(fs).__name__ == "IdcFileSystem"  # found through the fsspec.specs entry point
+    # The tree: every directory and file, with the sizes stat reports.
+    assert sorted(fs.find("", withdirs=True)) == _tree(mnt)
+    assert fs.ls("", detail=False) == sorted(os.listdir(mnt))
+    origin = origin_files(sandbox)
+    for path in fs.find(""):
+        assert fs.info(path)["size"] == (mnt / path).stat().st_size
+        assert hashlib.sha256(fs.cat_file(path)).hexdigest() == origin[_key(fs, path)], path
+    # Ranges of the slide, through cat_file and a seeking file object, equal the mount's.
+    sm = max(fs.find(""), key=lambda p: fs.info(p)["size"])
+    size = fs.info(sm)["size"]
+    rng = random.Random(6)
+    with open(mnt / sm, "rb") as local, fs.open(sm) as remote:
+        for _ in range(40):
+            start = rng.randrange(size)
+            n = rng.choice([1, 100, 5000, 300_000, 3_000_000])
+            local.seek(start)
+            want = local.read(n)
+            assert fs.cat_file(sm, start, start + n) == want
+            remote.seek(start)
+            assert remote.read(n) == want
+        assert fs.cat_file(sm, -10) == (mnt / sm).read_bytes()[-10:]
+    # The URL form, with the options as storage options.
+    with fsspec.open(f"idc://{sm}", **_options(sandbox, tmp_path / "fscache", source=source)) as f:
+        assert f.read(132)[128:] == b"DICM"
+
+
+def test_cache_warmed_by_one_path_is_hit_by_the_other(mount, sandbox, tmp_path):
+    shared = tmp_path / "shared"
+    ct = [s for s in sandbox.series if s["Modality"] in ("CT", "MR")][:2]
+    # The mount warms series A.
+    mnt = mount(cache_dir=shared)
+    a = series_dir(mnt, ct[0]["crdc_series_uuid"], sandbox)
+    a_files = sorted(a.iterdir())
+    want = {p.name: sha256_file(p) for p in a_files}
+    _wait_stored(lambda: mount_stats(mnt))
+    assert idcfs("unmount", mnt).returncode == 0
+    # idc:// reads series A from that cache: no LIST, no GET.
+    fs = _fs(sandbox, shared)
+    a_path = str(a.relative_to(mnt))
+    got = {p.rsplit("/", 1)[1]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(a_path)}
+    assert got == want
+    stats = fs.stats()
+    assert stats["get_requests"] == 0 and stats["list_requests"] == 0 and stats["hits"] == len(a_files)
+    # idc:// warms series B; a new mount on the same cache reads it without the origin.
+    b_path = str(series_dir(Path(""), ct[1]["crdc_series_uuid"], sandbox))
+    b_sums = {p.rsplit("/", 1)[1]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(b_path)}
+    assert fs.stats()["get_requests"] > 0
+    _wait_stored(fs.stats)
+    mnt2 = mount(cache_dir=shared)
+    assert {p.name: sha256_file(p) for p in (mnt2 / b_path).iterdir()} == b_sums
+    stats = mount_stats(mnt2)
+    assert stats["get_requests"] == 0 and stats["list_requests"] == 0 and stats["hits"] == len(b_sums)
+
+
+# Worker functions live at module level so a spawned worker can import them.
+_worker_fs = None
+
+
+def _init_worker(fs) -> None:
+    global _worker_fs
+    _worker_fs = fs
+
+
+def _sha_in_worker(path: str) -> tuple[int, str, str]:
+    with _worker_fs.open(path) as f:
+        return os.getpid(), path, hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
+    """A filesystem made (and used) in the parent, handed to forked or spawned workers, as a DataLoader does."""
+    fs = _fs(sandbox, tmp_path / "cache")
+    paths = [p for p in fs.find("") if fs.info(p)["size"] < 64 << 20]
+    origin = origin_files(sandbox)
+    fs.cat_file(paths[0])  # the parent's engine is running, with a file read, when the workers start
+    ctx = multiprocessing.get_context(start_method)
+    with ctx.Pool(4, initializer=_init_worker, initargs=(fs,)) as pool:
+        results = pool.map(_sha_in_worker, paths, chunksize=4)
+    assert len({pid for pid, _, _ in results}) > 1
+    assert all(sha == origin[_key(fs, p)] for _, p, sha in results)
+    assert hashlib.sha256(fs.cat_file(paths[-1])).hexdigest() == origin[_key(fs, paths[-1])]  # parent still fine
+
+
+def test_dicom_libraries_on_idc_paths(mount, sandbox, tmp_path):
+    import highdicom
+    import pydicom
+    from wsidicom import WsiDicom
+
+    mnt = mount()
+    opts = _options(sandbox, tmp_path / "fscache")
+    fs = fsspec.filesystem("idc", **opts)
+    ct = str(series_dir(Path(""), by_modality(sandbox, "CT")["crdc_series_uuid"], sandbox))
+    for path in fs.find(ct)[:20]:
+        with fs.open(path) as f:
+            head = pydicom.dcmread(f, stop_before_pixels=True)
+        with fs.open(path) as f:
+            ds = pydicom.dcmread(f)
+        assert ds.pixel_array.shape == (head.Rows, head.Columns)
+        assert (ds.pixel_array == pydicom.dcmread(mnt / path).pixel_array).all()
+    # highdicom's lazy frames fetch a few blocks of the slide, not the slide.
+    sm_dir = str(series_dir(Path(""), by_modality(sandbox, "SM")["crdc_series_uuid"], sandbox))
+    slide = max(fs.find(sm_dir), key=lambda p: fs.info(p)["size"])
+    before = fs.stats()["bytes_fetched"]
+    with fs.open(slide) as f:
+        image = highdicom.imread(f, lazy_frame_retrieval=True)
+        frame = image.get_raw_frame(image.number_of_frames)
+    assert fs.stats()["bytes_fetched"] - before < fs.info(slide)["size"] // 4
+    with open(mnt / slide, "rb") as f:
+        assert frame == highdicom.imread(f, lazy_frame_retrieval=True).get_raw_frame(image.number_of_frames)
+    # wsidicom opens the series directory by URL, as it opens any fsspec URL.
+    with WsiDicom.open(f"idc://{sm_dir}", file_options=opts) as remote, WsiDicom.open(mnt / sm_dir) as local:
+        assert remote.read_tile(0, (0, 0)).tobytes() == local.read_tile(0, (0, 0)).tobytes()
+        assert remote.read_region((0, 0), 0, (300, 200)).tobytes() == local.read_region((0, 0), 0, (300, 200)).tobytes()
+
+
+# Differential checks in the manner of fsspec.tests.abstract: those suites build their scenario by writing into
+# the filesystem under test, which a read-only tree of fixed depth cannot hold. Here the same operations (glob
+# patterns, find with maxdepth, walk, recursive get) run on idc:// and on LocalFileSystem over the mount.
+GLOBS = ["*", "*/*", "nlst/*", "nlst/**", "**/*.dcm", "*/*/*/CT_*", "?lst", "[cn]*", "*/*/*/*/*.dcm", "nlst/*/*/*/*"]
+
+
+def test_operations_match_a_local_filesystem_over_the_mount(mount, sandbox, tmp_path):
+    mnt = mount()
+    fs, local = _fs(sandbox, tmp_path / "fscache"), LocalFileSystem(auto_mkdir=True)  # as fsspec's own fixtures
+    root = str(mnt) + "/"
+
+    def rel(paths):  # fsspec's find leaves out a root of "" but not a root path: compare what is below
+        return sorted(p.removeprefix(root) for p in paths if p != root.rstrip("/"))
+
+    for pattern in GLOBS:
+        assert sorted(fs.glob(pattern)) == rel(local.glob(root + pattern)), pattern
+    for depth in (1, 2, 3, 4, 5, None):
+        for withdirs in (False, True):
+            got = fs.find("", maxdepth=depth, withdirs=withdirs)
+            assert sorted(got) == rel(local.find(root, maxdepth=depth, withdirs=withdirs)), (depth, withdirs)
+    walked = [(d, sorted(ds), sorted(fs_)) for d, ds, fs_ in fs.walk("nlst")]
+    assert walked == [(d.removeprefix(root), sorted(ds), sorted(f)) for d, ds, f in local.walk(root + "nlst")]
+    assert fs.du("nlst") == local.du(root + "nlst")
+    series = fs.glob("*/*/*/*")[0]
+    assert fs.isdir(series) and not fs.isfile(series) and fs.isfile(fs.ls(series, detail=False)[0])
+    assert fs.ls(fs.ls(series, detail=False)[0], detail=False) == [fs.ls(series, detail=False)[0]]
+    # Recursive and glob gets: the same files land, with the same bytes. (Not of a collection: for a top-level
+    # source fsspec's other_paths() cannot strip a parent, so it drops the source's own name, as for a bucket.)
+    patients = fs.glob("nlst/*")[0], fs.glob("cptac_luad/*")[0]
+    for source, kw in ((patients[0], {"recursive": True}), (series + "/*.dcm", {}), (patients[1], {"recursive": True})):
+        a, b = tmp_path / "a", tmp_path / "b"
+        fs.get(source, str(a) + "/", **kw)
+        local.get(root + source, str(b) + "/", **kw)
+        assert _tree(a) == _tree(b), source
+        assert all(sha256_file(a / p) == sha256_file(b / p) for p in _tree(a) if (a / p).is_file())
+        local.rm([str(a), str(b)], recursive=True)
+
+
+def test_read_only_errors_and_bad_options(sandbox, tmp_path):
+    fs = _fs(sandbox, tmp_path / "cache")
+    path = fs.find("")[0]
+    directory = path.rsplit("/", 1)[0]
+    for write in (
+        lambda: fs.open(path, "wb"),
+        lambda: fs.open(directory + "/new.dcm", "wb"),
+        lambda: fs.pipe_file(path, b"x"),
+        lambda: fs.touch(directory + "/new"),
+        lambda: fs.mkdir(directory + "/new"),
+        lambda: fs.makedirs(directory + "/new/deeper"),
+        lambda: fs.rm(path),
+        lambda: fs.rm(directory, recursive=True),
+        lambda: fs.mv(path, directory + "/moved.dcm"),
+        lambda: fs.cp_file(path, directory + "/copy.dcm"),
+        lambda: fs.put_file(__file__, directory + "/put.py"),
+    ):
+        with pytest.raises(OSError) as e:
+            write()
+        assert e.value.errno == errno.EROFS
+    fs.makedirs(directory, exist_ok=True)  # mkdir -p of what exists succeeds, as on any read-only mount
+    for missing in ("nope", directory + "/nope.dcm", "nlst/nope/x"):
+        assert not fs.exists(missing)
+        with pytest.raises(FileNotFoundError):
+            fs.info(missing)
+        with pytest.raises(FileNotFoundError):
+            fs.cat_file(missing)
+    assert not fs.exists(path + "/below-a-file")
+    with pytest.raises(IsADirectoryError):
+        fs.open(directory)
+    assert fs.cat_file(path, 10, 10) == b"" and fs.cat_file(path, 10**12) == b""
+    # Bad options: ValueError with the message `idcfs mount` prints, at construction.
+    for kw, expect in (
+        ({"filter": "Modality = = 'CT'"}, "invalid --filter SQL"),
+        ({"filter": "Modality = 'XX'"}, "the selection is empty"),
+        ({"manifest": str(tmp_path / "none.txt")}, "is not a file"),
+        ({"s3_endpoint": "localhost:9000"}, "give an http:// or https:// URL"),
+        ({"cache_size": "lots"}, "cache_size"),
+        ({"memory": "1M"}, "below the minimum"),
+        ({"source": "azure"}, "give 'aws' or 'gcs'"),
+        ({"timeout": 0}, "out of range"),
+        ({"cache_dir": "/proc/idcfs"}, "is not usable"),
+    ):
+        with pytest.raises(ValueError, match=expect):
+            fsspec.filesystem("idc", **{**_options(sandbox, tmp_path / "cache"), **kw})
+
+
+def test_unreachable_origin_is_eio_within_the_timeout(sandbox, tmp_path):
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        fs = _fs(sandbox, tmp_path / "cache", s3_endpoint=url, gcs_endpoint=url, timeout=2)
+        series = fs.glob("*/*/*/*")[0]
+        t = time.monotonic()
+        with pytest.raises(OSError) as e:
+            fs.ls(series)
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - t < 10
