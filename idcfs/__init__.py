@@ -9,4 +9,12 @@ except Exception:  # running from a source tree
 
 from .api import MountFailed, mounted
 
-__all__ = ["MountFailed", "__version__", "mounted"]
+__all__ = ["Index", "MountFailed", "__version__", "mounted"]
+
+
+def __getattr__(name: str):
+    if name == "Index":  # imported on use: it loads duckdb and pyarrow
+        from .index import Index
+
+        return Index
+    raise AttributeError(f"module 'idcfs' has no attribute {name!r}")

@@ -37,6 +37,7 @@ class _Loop:
 
     def __init__(self, build):
         self.engine: Engine | None = None
+        self.index = None  # an idcfs.Index over the engine's tree, made on first use
         self._build = build
         self._token = None
         self._error: BaseException | None = None
@@ -86,13 +87,13 @@ class _Loop:
 
 _lock = threading.Lock()
 _loops: dict[tuple, _Loop] = {}  # (pid, options) -> the engine of this process for those options
-_inherited: list[_Loop] = []  # a parent's engines: never used or finalized in a child
+_inherited: dict[tuple, _Loop] = {}  # a parent's engines by options: never run or closed in a child
 
 
 def _after_fork() -> None:
     global _lock
     _lock = threading.Lock()
-    _inherited.extend(_loops.values())
+    _inherited.update({options: loop for (_, options), loop in _loops.items()})
     _loops.clear()
 
 
@@ -178,8 +179,12 @@ class IdcFileSystem(AbstractFileSystem):
             self._options
         )
         drop_credentials()
-        selection = Selection(filter=filt, collections=collections, manifest=Path(manifest) if manifest else None)
-        ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
+        parent = _inherited.get(self._options)
+        if parent is not None and parent.engine is not None:
+            ns = parent.engine.ns  # a forked worker reuses the parent's tree (copy-on-write), not its threads
+        else:
+            selection = Selection(filter=filt, collections=collections, manifest=Path(manifest) if manifest else None)
+            ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
         store = ObjectStore(source, s3, gcs, timeout=timeout)
         cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)
         return Engine(ns, store, cache, memory=memory)
@@ -197,6 +202,16 @@ class IdcFileSystem(AbstractFileSystem):
     @property
     def engine(self) -> Engine:
         return self._loop().engine
+
+    @property
+    def index(self):
+        """The selection's idcfs.Index: SQL over the index, paths to metadata and back."""
+        loop = self._loop()
+        if loop.index is None:
+            from .index import Index
+
+            loop.index = Index(_namespace=loop.engine.ns)
+        return loop.index
 
     # -- paths
 

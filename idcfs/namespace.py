@@ -228,6 +228,9 @@ class Series:
     aws_bucket: str
 
 
+_inherited_connections: list = []
+
+
 class Namespace:
     """Directories at `levels` depths over the sorted selection of series."""
 
@@ -244,23 +247,8 @@ class Namespace:
         self.depth = len(level_sql)
         selection = selection or Selection()
         self._metadata: dict[str, dict[str, str]] = {}
-        self._con = duckdb.connect(":memory:", config={"threads": 2})
+        self._connection, self._pid = self._connect(), os.getpid()
         con = self._con
-        try:
-            con.execute(f"CREATE VIEW idx AS SELECT * FROM read_parquet({_sql_str(str(self.index_path))})")
-            self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
-        except duckdb.Error as e:
-            raise SelectionError(f"cannot read --index {index_path}: {_one_line(e)}") from None
-        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(self.columns)
-        if missing:
-            raise SelectionError(f"--index {index_path} is not an IDC index: missing columns {sorted(missing)}")
-        # The filter may read nothing but the index, and nothing may change the settings after this.
-        con.execute(
-            f"SET allowed_paths = [{_sql_str(str(self.index_path))}, {_sql_str(str(self.index_path.resolve()))}]"
-        )
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-
         where, params = self._where(selection)
         cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
         order = ", ".join(f"c{i}" for i in range(self.depth))
@@ -280,6 +268,32 @@ class Namespace:
         if table.num_rows == 0:
             raise SelectionError("the selection is empty: no series match --filter/--collection/--manifest")
         self._build(table)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(":memory:", config={"threads": 2})
+        index_path = self.index_path
+        try:
+            con.execute(f"CREATE VIEW idx AS SELECT * FROM read_parquet({_sql_str(str(index_path))})")
+            self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
+        except duckdb.Error as e:
+            raise SelectionError(f"cannot read --index {index_path}: {_one_line(e)}") from None
+        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(self.columns)
+        if missing:
+            raise SelectionError(f"--index {index_path} is not an IDC index: missing columns {sorted(missing)}")
+        # The filter may read nothing but the index, and nothing may change the settings after this.
+        con.execute(f"SET allowed_paths = [{_sql_str(str(index_path))}, {_sql_str(str(index_path.resolve()))}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        """This process's duckdb connection. A forked child (a DataLoader worker) keeps the parent's tree,
+        which it shares copy-on-write, but not its connection: duckdb does not survive fork."""
+        if self._pid != os.getpid():
+            _inherited_connections.append(self._connection)  # never used, closed or collected in the child
+            self._connection, self._pid = self._connect(), os.getpid()
+        return self._connection
 
     def _tree_cache_path(self, cache_dir: Path | None, query: str, params: list) -> Path | None:
         """The sorted selection depends only on the index file, the query and its parameters."""
@@ -329,6 +343,7 @@ class Namespace:
 
     def _build(self, table: pa.Table) -> None:
         n = table.num_rows
+        self.table = table  # c0..c{depth-1}, crdc_series_uuid, aws_bucket; sorted by path
         self.num_series = n
         self._uuid = table.column("crdc_series_uuid").combine_chunks()
         buckets = table.column("aws_bucket").combine_chunks().dictionary_encode()
@@ -406,18 +421,41 @@ class Namespace:
 
     def series_in(self, dir_id: int) -> list[Series]:
         """The series whose files a leaf directory holds (usually exactly one)."""
-        level, group = self.dir_of(dir_id)
-        if level != self.depth - 1:
+        if not self.is_leaf(dir_id):
             return []
+        return [self.series_at(r) for r in self.rows_in(dir_id)]
+
+    def series_at(self, row: int) -> Series:
+        return Series(row, self._uuid[row].as_py(), self._bucket_names[self._bucket_idx[row]])
+
+    def row_of(self, crdc_series_uuid: str) -> int | None:
+        """The row of a selected series, or None."""
+        r = pc.index(self._uuid, crdc_series_uuid).as_py()
+        return None if r < 0 else r
+
+    def path_of_row(self, row: int, depth: int | None = None) -> str:
+        """The directory path of a series row, or of its ancestor `depth` levels down from the root."""
+        parts = []
+        for d in range(self.depth if depth is None else depth):
+            group = int(np.searchsorted(self.starts[d], row, side="right")) - 1
+            parts.append(self.names[d][group].as_py())
+        return "/".join(parts)
+
+    def rows_in(self, dir_id: int) -> range:
+        """The series rows under a directory."""
+        level, group = self.dir_of(dir_id)
+        if level == -1:
+            return range(self.num_series)
         starts = self.starts[level]
-        lo = int(starts[group])
-        hi = int(starts[group + 1]) if group + 1 < len(starts) else self.num_series
-        return [Series(r, self._uuid[r].as_py(), self._bucket_names[self._bucket_idx[r]]) for r in range(lo, hi)]
+        return range(int(starts[group]), int(starts[group + 1]) if group + 1 < len(starts) else self.num_series)
+
+    def attributes_at(self, level: int) -> list[str]:
+        """The template attributes that name the directories down to `level` (constant below it)."""
+        parts = self.template.strip("/").split("/")[: level + 1]
+        return [a for a in TEMPLATE_ATTRIBUTES if any("%" + a in p for p in parts)]
 
     def all_series(self) -> list[Series]:
-        return [
-            Series(r, self._uuid[r].as_py(), self._bucket_names[self._bucket_idx[r]]) for r in range(self.num_series)
-        ]
+        return [self.series_at(r) for r in range(self.num_series)]
 
     @functools.cached_property
     def idc_version(self) -> str:
@@ -425,17 +463,20 @@ class Namespace:
         (v,) = self._con.execute("SELECT max(series_revised_idc_version) FROM idx").fetchone()
         return "" if v is None else f"v{v}"
 
-    def series_metadata(self, crdc_series_uuid: str) -> dict[str, str]:
+    def series_metadata(self, crdc_series_uuid: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, str]:
         """Index columns of one series, for the user.idc.* xattrs (a fresh dict the caller may extend).
 
-        Cached, because `getfattr -d` asks once per attribute and each query scans the index.
+        Cached, because `getfattr -d` asks once per attribute and each query scans the index. A caller
+        in another thread passes its own cursor (`con`): a duckdb connection serves one thread at a time.
         """
         meta = self._metadata.get(crdc_series_uuid)
         if meta is None:
             cols = [c for c in XATTR_COLUMNS if c in self.columns]
-            row = self._con.execute(
-                f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid]
-            ).fetchone()
+            row = (
+                (con or self._con)
+                .execute(f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid])
+                .fetchone()
+            )
             if row is None:
                 return {}
             meta = {c: "" if v is None else str(v) for c, v in zip(cols, row, strict=True)}

@@ -127,9 +127,9 @@ def _init_worker(fs) -> None:
     _worker_fs = fs
 
 
-def _sha_in_worker(path: str) -> tuple[int, str, str]:
+def _sha_in_worker(path: str) -> tuple[int, str, str, int]:
     with _worker_fs.open(path) as f:
-        return os.getpid(), path, hashlib.sha256(f.read()).hexdigest()
+        return os.getpid(), path, hashlib.sha256(f.read()).hexdigest(), id(_worker_fs.engine.ns)
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
@@ -142,8 +142,10 @@ def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
     ctx = multiprocessing.get_context(start_method)
     with ctx.Pool(4, initializer=_init_worker, initargs=(fs,)) as pool:
         results = pool.map(_sha_in_worker, paths, chunksize=4)
-    assert len({pid for pid, _, _ in results}) > 1
-    assert all(sha == origin[_key(fs, p)] for _, p, sha in results)
+    assert len({pid for pid, _, _, _ in results}) > 1
+    assert all(sha == origin[_key(fs, p)] for _, p, sha, _ in results)
+    if start_method == "fork":  # a forked worker has its own engine over the parent's tree (copy-on-write)
+        assert {tree for _, _, _, tree in results} == {id(fs.engine.ns)}
     assert hashlib.sha256(fs.cat_file(paths[-1])).hexdigest() == origin[_key(fs, paths[-1])]  # parent still fine
 
 

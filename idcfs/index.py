@@ -1,0 +1,129 @@
+"""idcfs.Index: the tree's index in Python. Query it with SQL, map paths to metadata and back.
+
+No I/O beyond the index file: paths are those of a mount or of idc:// with the
+same selection and template, relative to the root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from .namespace import DEFAULT_TEMPLATE, Namespace, Selection, _one_line
+
+
+class Index:
+    """The selected series of the IDC index, laid out as the tree.
+
+        ix = idcfs.Index(filter="collection_id = 'rider_pilot'")
+        ix.sql("SELECT Modality, count(*) AS n FROM index GROUP BY Modality").to_pandas()
+        ix.sql("SELECT path FROM index WHERE Modality = 'CT'")["path"].to_pylist()
+        ix.path("1.3.6.1.4.1.9328.50.1.2")      # SeriesInstanceUID (or crdc_series_uuid, StudyInstanceUID)
+        ix.metadata("rider_pilot/RIDER-1129164940/1.3.6.../CT_1.3.6...")
+
+    Arguments are those of `idcfs mount`; bad ones raise ValueError with its message.
+    Make an Index in the process that uses it: its duckdb connection does not survive fork.
+    """
+
+    def __init__(
+        self,
+        *,
+        filter: str | None = None,
+        manifest: str | os.PathLike | None = None,
+        collections: Sequence[str] = (),
+        template: str | None = None,
+        index: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        _namespace: Namespace | None = None,
+    ):
+        if _namespace is None:
+            from .cli import _default_cache_dir, _default_index
+
+            selection = Selection(
+                filter=filter, collections=tuple(collections), manifest=Path(manifest) if manifest else None
+            )
+            cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+            _namespace = Namespace(Path(index or _default_index()), template or DEFAULT_TEMPLATE, selection, cache)
+        self.ns = _namespace
+        # A connection of its own (a cursor): the engine's may be busy in another thread.
+        self._con = _namespace._con.cursor()
+        self._con.register("tree", _namespace.table)
+        path = " || '/' || ".join(f"tree.c{d}" for d in range(_namespace.depth))
+        self._con.execute(
+            f'CREATE TEMP VIEW "index" AS SELECT idx.*, {path} AS path '
+            "FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path"
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of the `index` view: the index's, then `path`."""
+        return [*self.ns.columns, "path"]
+
+    def __len__(self) -> int:
+        return self.ns.num_series
+
+    def sql(self, query: str, params: Sequence | None = None) -> pa.Table:
+        """Run SQL over the view `index` (one row per selected series, with its directory `path`).
+
+        Returns a pyarrow Table (.to_pandas(), .to_pylist()). The SQL can read nothing but the index.
+        """
+        try:
+            result = self._con.execute(query, params or []).arrow()
+        except Exception as e:  # duckdb's errors: syntax, binder, catalog
+            raise ValueError(f"invalid SQL: {_one_line(e)}") from None
+        return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
+
+    def paths(self, where: str = "TRUE", params: Sequence | None = None) -> list[str]:
+        """Series directory paths whose index row satisfies a WHERE condition, in tree order."""
+        return self.sql(f"SELECT path FROM index WHERE ({where})", params)["path"].to_pylist()
+
+    def path(self, uid: str) -> str:
+        """The directory of a series (crdc_series_uuid or SeriesInstanceUID), or the directory holding all series
+        of a study (StudyInstanceUID). KeyError if the selection has none."""
+        rows = self.sql(
+            "SELECT path, ? NOT IN (crdc_series_uuid, SeriesInstanceUID) AS study FROM index "
+            "WHERE ? IN (crdc_series_uuid, SeriesInstanceUID, StudyInstanceUID)",
+            [uid, uid],
+        ).to_pylist()
+        if not rows:
+            raise KeyError(f"{uid} is not a series or study of this selection")
+        paths = [r["path"] for r in rows]
+        if not rows[0]["study"]:
+            return paths[0]
+        level = next((d for d in range(self.ns.depth) if "StudyInstanceUID" in self.ns.attributes_at(d)), None)
+        if level is not None and level < self.ns.depth - 1:  # the template has a study level
+            return "/".join(paths[0].split("/")[: level + 1])
+        common = os.path.commonpath(paths)
+        if not common:
+            raise KeyError(f"{uid}: its series are in different top-level directories")
+        return common
+
+    def metadata(self, path: str | os.PathLike) -> dict[str, str]:
+        """What the index says about a path: all columns of a series directory or of a file in it, or the
+        template attributes that name a directory above, with its number of series.
+
+        A file's metadata adds its name and crdc_instance_uuid (the name without .dcm); whether the
+        file exists is known only after a LIST, which the Index does not make.
+        """
+        parts = [p for p in str(path).strip("/").split("/") if p]
+        dir_id, extra = 0, {}
+        for depth, name in enumerate(parts):
+            if self.ns.is_leaf(dir_id) and depth == len(parts) - 1:
+                extra = {"file": name, "crdc_instance_uuid": name.removesuffix(".dcm")}
+                break
+            child = self.ns.lookup(dir_id, name)
+            if child is None:
+                raise FileNotFoundError(f"{'/'.join(parts[: depth + 1])} is not in this selection")
+            dir_id = child
+        rows = self.ns.rows_in(dir_id)
+        first = self.ns.series_at(rows[0]).crdc_series_uuid
+        meta = self.ns.series_metadata(first, self._con)
+        if not self.ns.is_leaf(dir_id) or len(rows) > 1:
+            level = self.ns.dir_of(dir_id)[0]
+            keep = self.ns.attributes_at(level) if level >= 0 else []
+            meta = {k: v for k, v in meta.items() if k in keep}
+            meta["series_count"] = str(len(rows))
+        return {**meta, "path": "/".join(parts[: len(parts) - bool(extra)]), **extra}
