@@ -20,6 +20,7 @@ still succeed by streaming, and a warning is logged once.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -178,6 +179,15 @@ class MetaCache(_Degradable):
             self._cache.set("list:" + series_uuid, entries)
         except _DB_ERRORS as e:
             self.warn_once("write", e)
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """Take `name` for `seconds` unless another process holds it: prefetchers sharing this cache
+        directory (DataLoader workers, two mounts) then do not fetch the same file at once."""
+        try:
+            return self._cache.add("claim:" + name, os.getpid(), expire=seconds)
+        except _DB_ERRORS as e:
+            self.warn_once("write", e)
+            return True
 
     def add_counters(self, deltas: dict[str, int]) -> None:
         try:

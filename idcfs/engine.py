@@ -38,7 +38,7 @@ class Engine:
         # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
         meta = cache.meta if cache else None
         self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
-        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory)
+        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory, meta)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._flushed: dict[str, int] = {}
 
@@ -125,7 +125,7 @@ class Engine:
             "memory_hits": r.memory_hits,
             "bytes_read": r.bytes_read,
             "prefetched_files": r.prefetched_files,
-            "unstored_bytes": r._unstored,  # fetched, not yet in the disk cache
+            "unstored_bytes": r.unstored,
             "failovers": self.store.failovers,
             "origin_errors": self.store.errors,
             "files_known": len(self.listings.files),

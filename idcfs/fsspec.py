@@ -18,6 +18,8 @@ from __future__ import annotations
 import atexit
 import datetime
 import errno
+import logging
+import multiprocessing.util
 import os
 import threading
 from pathlib import Path
@@ -30,6 +32,9 @@ from .listing import InstanceFile
 from .store import StoreError
 
 READ_BLOCK = 16 << 10  # buffered reads fetch at least this much, as the mount's st_blksize does
+DRAIN_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class _Loop:
@@ -41,12 +46,15 @@ class _Loop:
         self._build = build
         self._token = None
         self._error: BaseException | None = None
+        self._closed = False
         started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(started,), name="idcfs-engine", daemon=True)
         self._thread.start()
         started.wait()
         if self._error is not None:
             raise self._error
+        # multiprocessing workers (DataLoader's too) leave through os._exit, which skips atexit: this runs there.
+        multiprocessing.util.Finalize(self, self.close, exitpriority=10)
 
     def _run(self, started: threading.Event) -> None:
         try:
@@ -78,11 +86,24 @@ class _Loop:
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            self._thread.join(30)
-        if self.engine is not None:
-            self.engine.close()
+        """Finish the cache writes (up to DRAIN_SECONDS), stop the thread, save the counters."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._thread.is_alive():
+                trio.from_thread.run(self._drain, trio_token=self._token)
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+                self._thread.join(30)
+            if self.engine is not None:
+                self.engine.close()
+        except Exception as e:  # at exit: a cache directory deleted under us must not print a traceback
+            log.warning("the idc:// engine did not close cleanly: %s", e)
+
+    async def _drain(self) -> None:
+        with trio.move_on_after(DRAIN_SECONDS):
+            while self.engine.reader.unstored:
+                await trio.sleep(0.05)
 
 
 _lock = threading.Lock()

@@ -19,6 +19,11 @@ cache, then fetched:
   series scan), reads that end within HEAD fetch only the file's first HEAD
   bytes, and the series prefetch fetches those heads instead of whole files.
   One whole read switches back.
+- scattered reads: once SCATTERED files of one directory were opened out of
+  order and read whole (a shuffled training epoch), the rest of that directory
+  is fetched into the disk cache in the background, a few files per open. A
+  prefetched file is first claimed in the cache directory, so processes sharing
+  it (DataLoader workers on idc://, two mounts) do not fetch it twice.
 
 A block being loaded is shared: concurrent readers wait for the one disk-cache
 read or GET.
@@ -37,7 +42,7 @@ from collections import OrderedDict
 
 import trio
 
-from .cache import WHOLE_FILE, BlockCache, block_key, block_size
+from .cache import WHOLE_FILE, BlockCache, MetaCache, block_key, block_size
 from .listing import InstanceFile
 from .store import ObjectStore, StoreError
 
@@ -54,6 +59,9 @@ PREFETCH_BUDGET = 256 << 20
 PREFETCH_CONNECTIONS = 32
 HEAD = 64 << 10  # a CT/MR header, and the kernel's first read of a small file (16 KiB for a 4 KiB read)
 HEADER_STREAK = 2
+SCATTERED = 3  # out-of-order opens of whole-read files in one directory before the rest of it is fetched
+WARM_PER_OPEN = 8  # files of a scattered directory started per open
+CLAIM_SECONDS = 60.0
 STORE_BACKLOG = 128 << 20  # fetched bytes waiting for the disk cache; beyond this they are not cached
 
 
@@ -114,6 +122,19 @@ class _Memory:
             self.size -= len(dropped)
 
 
+class _DirReads:
+    """How one directory's files are being opened."""
+
+    __slots__ = ("last", "upto", "run", "scattered", "warmed")
+
+    def __init__(self):
+        self.last = -100  # index of the file opened last
+        self.upto = 0  # in-order prefetch has started the files below this
+        self.run = 0  # opens in order so far
+        self.scattered = 0  # opens out of order of files then read whole
+        self.warmed = 0  # the scattered-read fetch has started the files below this
+
+
 class OpenFile:
     def __init__(self, f: InstanceFile, heads: bool = False):
         self.file = f
@@ -144,10 +165,16 @@ def _runs(indexes: list[int], max_blocks: int):
 
 class Reader:
     def __init__(
-        self, store: ObjectStore, cache: BlockCache | None, limiter: trio.CapacityLimiter, memory: int = MEMORY
+        self,
+        store: ObjectStore,
+        cache: BlockCache | None,
+        limiter: trio.CapacityLimiter,
+        memory: int = MEMORY,
+        claims: MetaCache | None = None,
     ):
         self.store = store
         self.cache = cache
+        self.claims = claims
         self.limiter = limiter
         self.prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONNECTIONS)
         self.disk = trio.CapacityLimiter(16)
@@ -155,8 +182,7 @@ class Reader:
         self.max_window = min(MAX_WINDOW, memory // 4)  # readahead must not evict itself before it is read
         self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
-        # dir_id -> (last opened, prefetched up to, opens in order so far)
-        self._series: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        self._series: OrderedDict[int, _DirReads] = OrderedDict()
         self._prefetching = 0  # bytes of series prefetch in flight
         self._partial = 0  # small files closed in a row after reading only part of them
         self._unstored = 0  # bytes fetched and not yet written to the disk cache
@@ -169,6 +195,11 @@ class Reader:
         self.memory_hits = 0
         self.prefetched_files = 0
         self.bytes_read = 0
+
+    @property
+    def unstored(self) -> int:
+        """Bytes fetched and not yet written to the disk cache."""
+        return self._unstored
 
     def attach(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -403,26 +434,48 @@ class Reader:
 
     def opened(self, f: InstanceFile, siblings: list[InstanceFile], heads: bool = False) -> None:
         """Note that f was opened; if its directory is being read in order, prefetch what comes next
-        (only the heads during a header scan)."""
-        last, upto, run = self._series.pop(f.dir_id, (-100, 0, 0))
-        run = run + 1 if 0 < f.index - last <= 4 else 0
-        if run and self.nursery is not None:
+        (only the heads during a header scan); if it is being read whole in no order, fetch the rest of it."""
+        d = self._series.pop(f.dir_id, None) or _DirReads()
+        d.run = d.run + 1 if 0 < f.index - d.last <= 4 else 0
+        if not d.run and f.index != d.last and not heads and self._partial == 0:
+            d.scattered += 1
+        if d.run and self.nursery is not None:
             # The depth ramps up, so the first files of a header scan are not all fetched whole.
-            depth = min(PREFETCH_FILES, 4 << run)
-            upto = max(upto, f.index + 1)
-            for g in siblings[upto : f.index + 1 + depth]:
+            depth = min(PREFETCH_FILES, 4 << d.run)
+            d.upto = max(d.upto, f.index + 1)
+            for g in siblings[d.upto : f.index + 1 + depth]:
                 cost = min(g.size, HEAD) if heads else g.size
                 if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
                     break
                 self._prefetching += cost
                 self.nursery.start_soon(self._prefetch, g, cost)
-                upto = g.index + 1
-        self._series[f.dir_id] = (f.index, upto, run)
+                d.upto = g.index + 1
+        elif d.scattered >= SCATTERED and self.cache is not None and self.nursery is not None:
+            started = 0
+            while d.warmed < len(siblings) and started < WARM_PER_OPEN:
+                g = siblings[d.warmed]
+                if self._prefetching + g.size > PREFETCH_BUDGET:
+                    break
+                d.warmed += 1
+                if g.size > WHOLE_FILE or g is f or self._known(g, 0):
+                    continue
+                self._prefetching += g.size
+                self.nursery.start_soon(self._prefetch, g, g.size, True)
+                started += 1
+        d.last = f.index
+        self._series[f.dir_id] = d
         if len(self._series) > 4096:
             self._series.popitem(last=False)
 
-    async def _prefetch(self, f: InstanceFile, cost: int) -> None:
+    def _worth_fetching(self, f: InstanceFile) -> bool:
+        """Not in the disk cache, and no other process sharing it is fetching it."""
+        k = _key(f, 0)
+        return not self.cache.has(k) and (self.claims is None or self.claims.claim(k, CLAIM_SECONDS))
+
+    async def _prefetch(self, f: InstanceFile, cost: int, claim: bool = False) -> None:
         try:
+            if claim and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
+                return
             if cost < f.size:
                 await self._head(f, self.prefetch_limiter)
             else:

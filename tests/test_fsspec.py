@@ -278,3 +278,45 @@ def test_unreachable_origin_is_eio_within_the_timeout(sandbox, tmp_path):
             fs.ls(series)
         assert e.value.errno == errno.EIO
         assert time.monotonic() - t < 10
+
+
+def _sha_and_prefetched(path: str) -> tuple[int, str, str, int]:
+    with _worker_fs.open(path) as f:
+        data = f.read()
+    return os.getpid(), path, hashlib.sha256(data).hexdigest(), _worker_fs.stats()["prefetched_files"]
+
+
+def test_a_shuffled_epoch_in_workers_fetches_each_file_about_once(sandbox, tmp_path):
+    """Shuffled whole-file reads warm the rest of each series; workers sharing the cache claim what they fetch."""
+    from idcfs.faultproxy import FaultProxy
+
+    with FaultProxy(sandbox.s3_endpoint) as s3:
+        fs = _fs(sandbox, tmp_path / "cache", s3_endpoint=s3.url)
+        small = [p for p in fs.find("") if fs.info(p)["size"] <= 8 << 20]
+        random.Random(3).shuffle(small)
+        s3.reset_counters()
+        with multiprocessing.get_context("fork").Pool(3, initializer=_init_worker, initargs=(fs,)) as pool:
+            results = pool.map(_sha_and_prefetched, small, chunksize=1)
+        origin = origin_files(sandbox)
+        assert all(sha == origin[_key(fs, p)] for _, p, sha, _ in results)
+        assert sum(max(n for pid, _, _, n in results if pid == w) for w in {r[0] for r in results}) > len(small) / 2
+        assert s3.counters.gets <= 1.15 * len(small) + 10, (s3.counters.gets, len(small))  # + LISTs per worker
+
+
+def test_shuffled_reads_through_the_mount_fetch_each_file_once(mount, sandbox):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from idcfs.faultproxy import FaultProxy
+
+    with FaultProxy(sandbox.s3_endpoint) as s3:
+        mnt = mount(s3_endpoint=s3.url)
+        small = [p for p in sorted(mnt.rglob("*.dcm")) if p.stat().st_size <= 8 << 20]
+        random.Random(4).shuffle(small)
+        s3.reset_counters()
+        with ThreadPoolExecutor(4) as pool:
+            sums = list(pool.map(sha256_file, small))
+        origin = origin_files(sandbox)
+        assert sums == [origin[f"{os.getxattr(p, 'user.idc.crdc_series_uuid').decode()}/{p.name}"] for p in small]
+        stats = mount_stats(mnt)
+        assert stats["prefetched_files"] > len(small) / 2
+        assert s3.counters.gets <= len(small) + 2, (s3.counters.gets, len(small))
