@@ -122,8 +122,9 @@ class BlockCache(_Degradable):
         try:
             with self._cache.transact():
                 for key in dict.fromkeys(keys):
-                    handle = self._cache.get(key, read=True)  # opens the file, updates access_time
-                    if handle is not None:
+                    # Updates access_time; returns an open file, or the bytes of a value kept inline.
+                    handle = self._cache.get(key, read=True)
+                    if hasattr(handle, "close"):
                         handle.close()
         except _DB_ERRORS as e:
             self.warn_once("write", e)

@@ -16,6 +16,7 @@ starts its own engine on first use; the parent's is left untouched.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import errno
 import logging
@@ -84,6 +85,11 @@ class _Loop:
 
     def call_sync(self, fn, *args):
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def call_soon(self, fn, *args) -> None:
+        """Run fn in the engine's thread without waiting; nothing if the engine has stopped."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
 
     def close(self) -> None:
         """Finish the cache writes (up to DRAIN_SECONDS), stop the thread, save the counters."""
@@ -248,9 +254,11 @@ class IdcFileSystem(AbstractFileSystem):
     def unstrip_protocol(self, name: str) -> str:
         return "idc://" + name
 
+    def _parts(self, path: str) -> list[str]:
+        return [p for p in self._strip_protocol(path).split("/") if p]
+
     def _node(self, path: str) -> Node:
-        path = self._strip_protocol(path)
-        return self._loop().call(self.engine.resolve, [p for p in path.split("/") if p])
+        return self._loop().call(self.engine.resolve, self._parts(path))
 
     def _entry(self, path: str, node: Node) -> dict:
         if isinstance(node, InstanceFile):
@@ -311,24 +319,16 @@ class IdcFileSystem(AbstractFileSystem):
 
     # -- reading files
 
-    def _file(self, path) -> InstanceFile:
-        node = self._node(path)
-        if not isinstance(node, InstanceFile):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", self._strip_protocol(path))
-        return node
-
     def cat_file(self, path, start=None, end=None, **kwargs):
-        f = self._file(path)
-        start, end = _clip(f.size, start, end)
-        if start >= end:
-            return b""
         loop = self._loop()
-        return loop.call(_read_once, loop.engine, f, start, end)
+        return loop.call(_cat, loop.engine, self._parts(path), start, end)
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
             raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
-        return IdcFile(self, path, self._file(path), block_size=block_size, cache_options=cache_options, **kwargs)
+        loop = self._loop()
+        f, of = loop.call(_open_file, loop.engine, self._parts(path))  # one hop to the engine, not two
+        return IdcFile(self, path, f, of, block_size=block_size, cache_options=cache_options, **kwargs)
 
     # -- read-only: everything that would change the tree
 
@@ -347,10 +347,23 @@ def _clip(size: int, start: int | None, end: int | None) -> tuple[int, int]:
     return start, end
 
 
-async def _read_once(engine: Engine, f: InstanceFile, start: int, end: int) -> bytes:
-    of = engine.open(f)
+async def _file(engine: Engine, parts: list[str]) -> InstanceFile:
+    node = await engine.resolve(parts)
+    if not isinstance(node, InstanceFile):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", "/".join(parts))
+    return node
+
+
+async def _open_file(engine: Engine, parts: list[str]):
+    f = await _file(engine, parts)
+    return f, engine.open(f)
+
+
+async def _cat(engine: Engine, parts: list[str], start: int | None, end: int | None) -> bytes:
+    f, of = await _open_file(engine, parts)
     try:
-        return bytes(await engine.read(of, start, end - start))
+        start, end = _clip(f.size, start, end)
+        return bytes(await engine.read(of, start, end - start)) if start < end else b""
     finally:
         engine.release(of)
 
@@ -358,7 +371,7 @@ async def _read_once(engine: Engine, f: InstanceFile, start: int, end: int) -> b
 class IdcFile(AbstractBufferedFile):
     """An instance file opened for reading; reads go to the engine's read path."""
 
-    def __init__(self, fs: IdcFileSystem, path: str, f: InstanceFile, block_size=None, cache_type=None, **kwargs):
+    def __init__(self, fs: IdcFileSystem, path: str, f: InstanceFile, of, block_size=None, cache_type=None, **kwargs):
         super().__init__(
             fs,
             fs._strip_protocol(path),
@@ -370,19 +383,18 @@ class IdcFile(AbstractBufferedFile):
         )
         self._loop = fs._loop()
         self._pid = os.getpid()
-        self._of = self._loop.call_sync(self._loop.engine.open, f)
+        self._of = of
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         if os.getpid() != self._pid:
             raise OSError(errno.EBADF, "an idc:// file opened before fork cannot be read after it: open it again")
-        loop = self._loop
-        return loop.call(_read_bytes, loop.engine, self._of, start, end)
+        return self._loop.call(_read, self._loop.engine, self._of, start, end)
 
     def close(self) -> None:
-        if not self.closed and os.getpid() == self._pid and self._loop._thread.is_alive():
-            self._loop.call_sync(self._loop.engine.release, self._of)
+        if not self.closed and os.getpid() == self._pid:
+            self._loop.call_soon(self._loop.engine.release, self._of)  # nothing to wait for
         super().close()
 
 
-async def _read_bytes(engine: Engine, of, start: int, end: int) -> bytes:
+async def _read(engine: Engine, of, start: int, end: int) -> bytes:
     return bytes(await engine.read(of, start, end - start))

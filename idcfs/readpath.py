@@ -61,6 +61,7 @@ HEAD = 64 << 10  # a CT/MR header, and the kernel's first read of a small file (
 HEADER_STREAK = 2
 SCATTERED = 3  # out-of-order opens of whole-read files in one directory before the rest of it is fetched
 WARM_PER_OPEN = 8  # files of a scattered directory started per open
+WARM_CONNECTIONS = 16  # fewer than demand reads get: warming must not delay what a reader waits for
 CLAIM_SECONDS = 60.0
 STORE_BACKLOG = 128 << 20  # fetched bytes waiting for the disk cache; beyond this they are not cached
 
@@ -177,6 +178,7 @@ class Reader:
         self.claims = claims
         self.limiter = limiter
         self.prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONNECTIONS)
+        self.warm_limiter = trio.CapacityLimiter(WARM_CONNECTIONS)
         self.disk = trio.CapacityLimiter(16)
         self.memory = _Memory(memory)
         self.max_window = min(MAX_WINDOW, memory // 4)  # readahead must not evict itself before it is read
@@ -448,7 +450,7 @@ class Reader:
                 if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
                     break
                 self._prefetching += cost
-                self.nursery.start_soon(self._prefetch, g, cost)
+                self.nursery.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
                 d.upto = g.index + 1
         elif d.scattered >= SCATTERED and self.cache is not None and self.nursery is not None:
             started = 0
@@ -460,7 +462,7 @@ class Reader:
                 if g.size > WHOLE_FILE or g is f or self._known(g, 0):
                     continue
                 self._prefetching += g.size
-                self.nursery.start_soon(self._prefetch, g, g.size, True)
+                self.nursery.start_soon(self._prefetch, g, g.size, self.warm_limiter)
                 started += 1
         d.last = f.index
         self._series[f.dir_id] = d
@@ -472,14 +474,15 @@ class Reader:
         k = _key(f, 0)
         return not self.cache.has(k) and (self.claims is None or self.claims.claim(k, CLAIM_SECONDS))
 
-    async def _prefetch(self, f: InstanceFile, cost: int, claim: bool = False) -> None:
+    async def _prefetch(self, f: InstanceFile, cost: int, limiter: trio.CapacityLimiter) -> None:
         try:
-            if claim and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
+            warming = limiter is self.warm_limiter
+            if warming and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
                 return
             if cost < f.size:
-                await self._head(f, self.prefetch_limiter)
+                await self._head(f, limiter)
             else:
-                await self._blocks(f, range(_nblocks(f)), [], self.prefetch_limiter)
+                await self._blocks(f, range(_nblocks(f)), [], limiter)
             self.prefetched_files += 1
         except Exception as e:  # a demand read will try again and report it
             log.debug("prefetch of %s: %s", f.key, e)

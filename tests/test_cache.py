@@ -335,3 +335,15 @@ def test_damaged_cache_database_is_one_line_error(sandbox, tmp_path):
     for size in ("lots", "10Q", "1M"):
         r = idcfs("mount", mnt, "--cache-dir", tmp_path / "c2", "--cache-size", size)
         assert r.returncode == 2 and "--cache-size" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_touch_handles_blocks_kept_inline(tmp_path):
+    """diskcache keeps values under 32 KiB inside SQLite, as bytes: touch() used to fail on them and lose the batch."""
+    cache = BlockCache(tmp_path / "blocks", 64 << 20)
+    small, big = b"s" * 100, b"b" * (100 << 10)
+    cache.put("small@0x100", small)
+    cache.put("big@0x102400", big)
+    assert bytes(cache.get("small@0x100", len(small))) == small
+    assert bytes(cache.get("big@0x102400", len(big))) == big
+    cache.touch()  # raised AttributeError: 'bytes' object has no attribute 'close'
+    cache.close()
