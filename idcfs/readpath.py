@@ -20,8 +20,9 @@ cache, then fetched:
   bytes, and the series prefetch fetches those heads instead of whole files.
   One whole read switches back.
 - scattered reads: once SCATTERED files of one directory were opened out of
-  order and read whole (a shuffled training epoch), the rest of that directory
-  is fetched into the disk cache in the background, a few files per open. A
+  order and read whole (a shuffled training epoch), and one of them had to come
+  from the origin, the rest of that directory is fetched into the disk cache in
+  the background, a few files per open. A
   prefetched file is first claimed in the cache directory, so processes sharing
   it (DataLoader workers on idc://, two mounts) do not fetch it twice.
 
@@ -126,7 +127,7 @@ class _Memory:
 class _DirReads:
     """How one directory's files are being opened."""
 
-    __slots__ = ("last", "upto", "run", "scattered", "warmed")
+    __slots__ = ("last", "upto", "run", "scattered", "warmed", "fetched")
 
     def __init__(self):
         self.last = -100  # index of the file opened last
@@ -134,6 +135,7 @@ class _DirReads:
         self.run = 0  # opens in order so far
         self.scattered = 0  # opens out of order of files then read whole
         self.warmed = 0  # the scattered-read fetch has started the files below this
+        self.fetched = False  # a file of it came from the origin: it is not all in the disk cache
 
 
 class OpenFile:
@@ -343,6 +345,8 @@ class Reader:
     async def _fetch(self, f: InstanceFile, missing: list[int], flight: _Flight, limiter) -> None:
         """Ranged GETs for the missing blocks of one flight. Never raises; waiters see flight.error."""
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
+        if (d := self._series.get(f.dir_id)) is not None:
+            d.fetched = True
         self.in_flight += 1
         try:
             with flight.recording_failure():
@@ -452,7 +456,7 @@ class Reader:
                 self._prefetching += cost
                 self.nursery.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
                 d.upto = g.index + 1
-        elif d.scattered >= SCATTERED and self.cache is not None and self.nursery is not None:
+        elif d.scattered >= SCATTERED and d.fetched and self.cache is not None and self.nursery is not None:
             started = 0
             while d.warmed < len(siblings) and started < WARM_PER_OPEN:
                 g = siblings[d.warmed]
