@@ -428,19 +428,6 @@ class Namespace:
     def series_at(self, row: int) -> Series:
         return Series(row, self._uuid[row].as_py(), self._bucket_names[self._bucket_idx[row]])
 
-    def row_of(self, crdc_series_uuid: str) -> int | None:
-        """The row of a selected series, or None."""
-        r = pc.index(self._uuid, crdc_series_uuid).as_py()
-        return None if r < 0 else r
-
-    def path_of_row(self, row: int, depth: int | None = None) -> str:
-        """The directory path of a series row, or of its ancestor `depth` levels down from the root."""
-        parts = []
-        for d in range(self.depth if depth is None else depth):
-            group = int(np.searchsorted(self.starts[d], row, side="right")) - 1
-            parts.append(self.names[d][group].as_py())
-        return "/".join(parts)
-
     def rows_in(self, dir_id: int) -> range:
         """The series rows under a directory."""
         level, group = self.dir_of(dir_id)

@@ -22,9 +22,9 @@ cache, then fetched:
 - scattered reads: once SCATTERED files of one directory were opened out of
   order and read whole (a shuffled training epoch), and one of them had to come
   from the origin, the rest of that directory is fetched into the disk cache in
-  the background, a few files per open. A
-  prefetched file is first claimed in the cache directory, so processes sharing
-  it (DataLoader workers on idc://, two mounts) do not fetch it twice.
+  the background, a few files per open. A prefetched file is first claimed in
+  the cache directory, so processes sharing it (DataLoader workers on idc://,
+  two mounts) do not fetch it twice.
 
 A block being loaded is shared: concurrent readers wait for the one disk-cache
 read or GET.
