@@ -19,6 +19,8 @@ still succeed by streaming, and a warning is logged once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -39,6 +41,76 @@ WHOLE_FILE = 8 << 20  # files up to this size (most CT and MR) are one block
 DEFAULT_SIZE = 10 << 30
 COUNTERS = ("hits", "misses", "bytes_fetched", "get_requests", "list_requests", "corrupt_blocks")
 _DB_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+FORK_WAIT = 10.0  # longest a fork waits for SQLite calls in flight (each gives up after its 5 s timeout)
+
+
+class _ForkGate:
+    """No SQLite call is in flight while the process forks.
+
+    SQLite keeps process-wide mutexes (its allocator, its file-lock table). A fork while another thread
+    holds one leaves the child's copy locked forever: a DataLoader worker forked while the parent's
+    idc:// engine was writing a block hung in its first sqlite3 connect. Every call into a cache goes
+    through enter(); os.fork() first closes the gate and waits for the calls inside to finish.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()  # calls nest (close() calls touch()); only the outermost waits
+
+    @contextlib.contextmanager
+    def enter(self):
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                while self._forking:
+                    self._cond.wait()
+                self._inside += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._inside -= 1
+                    self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self._forking = True
+            if not self._cond.wait_for(lambda: self._inside == 0, FORK_WAIT):
+                log.warning("forking with %d cache calls in flight: the child may hang in SQLite", self._inside)
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+
+_gate = _ForkGate()
+
+
+def _after_fork_in_child() -> None:
+    global _gate
+    _gate = _ForkGate()  # the calls that were waiting stayed in the parent
+
+
+os.register_at_fork(
+    before=lambda: _gate.before_fork(),
+    after_in_parent=lambda: _gate.after_fork_in_parent(),
+    after_in_child=_after_fork_in_child,
+)
+
+
+def _gated(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _gate.enter():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def block_size(file_size: int) -> int:
@@ -73,6 +145,7 @@ class _Degradable:
 
 
 class BlockCache(_Degradable):
+    @_gated
     def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE):
         self.directory = Path(directory)
         self.size_limit = size_limit
@@ -91,6 +164,7 @@ class BlockCache(_Degradable):
         self._reader.eviction_policy = "least-recently-stored"
         self._touched: list[str] = []
 
+    @_gated
     def get(self, key: str, length: int) -> memoryview | None:
         """The block stored under key if it is intact and `length` bytes long, else None."""
         try:
@@ -114,6 +188,7 @@ class BlockCache(_Degradable):
         self._touched.append(key)
         return data
 
+    @_gated
     def touch(self) -> None:
         """Mark the blocks read since the last call as recently used, in one transaction."""
         keys, self._touched = self._touched, []
@@ -129,6 +204,7 @@ class BlockCache(_Degradable):
         except _DB_ERRORS as e:
             self.warn_once("write", e)
 
+    @_gated
     def put(self, key: str, data: bytes | memoryview) -> None:
         try:
             self._cache.set(key, b"".join((data, _digest(key, data))))
@@ -141,21 +217,26 @@ class BlockCache(_Degradable):
         for k in range(0, len(data), bs):
             self.put(block_key(series_uuid, name, bs, first + k // bs), data[k : k + bs])
 
+    @_gated
     def has(self, key: str) -> bool:
         try:
             return key in self._cache
         except _DB_ERRORS:
             return False
 
+    @_gated
     def volume(self) -> int:
         return self._cache.volume()
 
+    @_gated
     def __len__(self) -> int:
         return len(self._cache)
 
+    @_gated
     def clear(self) -> int:
         return self._cache.clear()
 
+    @_gated
     def close(self) -> None:
         self.touch()
         self._reader.close()
@@ -165,9 +246,11 @@ class BlockCache(_Degradable):
 class MetaCache(_Degradable):
     """Series listings and lifetime counters."""
 
+    @_gated
     def __init__(self, directory: Path):
         self._cache = diskcache.Cache(str(directory), timeout=5, eviction_policy="none", size_limit=1 << 62)
 
+    @_gated
     def listing(self, series_uuid: str) -> list[tuple] | None:
         try:
             return self._cache.get("list:" + series_uuid)
@@ -175,12 +258,14 @@ class MetaCache(_Degradable):
             self.warn_once("read", e)
             return None
 
+    @_gated
     def set_listing(self, series_uuid: str, entries: list[tuple]) -> None:
         try:
             self._cache.set("list:" + series_uuid, entries)
         except _DB_ERRORS as e:
             self.warn_once("write", e)
 
+    @_gated
     def claim(self, name: str, seconds: float) -> bool:
         """Take `name` for `seconds` unless another process holds it: prefetchers sharing this cache
         directory (DataLoader workers, two mounts) then do not fetch the same file at once."""
@@ -190,6 +275,7 @@ class MetaCache(_Degradable):
             self.warn_once("write", e)
             return True
 
+    @_gated
     def add_counters(self, deltas: dict[str, int]) -> None:
         try:
             for name, delta in deltas.items():
@@ -198,27 +284,33 @@ class MetaCache(_Degradable):
         except _DB_ERRORS as e:
             self.warn_once("write", e)
 
+    @_gated
     def counters(self) -> dict[str, int]:
         return {name: int(self._cache.get("count:" + name, 0)) for name in COUNTERS}
 
     def _listing_keys(self):
         return (k for k in self._cache.iterkeys() if str(k).startswith("list:"))
 
+    @_gated
     def has_listings(self) -> bool:
         try:
             return next(self._listing_keys(), None) is not None
         except _DB_ERRORS:
             return False
 
+    @_gated
     def listings(self) -> int:
         return sum(1 for _ in self._listing_keys())
 
+    @_gated
     def volume(self) -> int:
         return self._cache.volume()
 
+    @_gated
     def clear(self) -> int:
         return self._cache.clear()
 
+    @_gated
     def close(self) -> None:
         self._cache.close()
 
@@ -261,6 +353,7 @@ class CacheDir:
         self.meta.close()
 
 
+@_gated
 def _stored_size_limit(directory: Path) -> int:
     db = directory / "cache.db"
     if db.exists():

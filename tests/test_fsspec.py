@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -138,10 +139,25 @@ def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
     fs = _fs(sandbox, tmp_path / "cache")
     paths = [p for p in fs.find("") if fs.info(p)["size"] < 64 << 20]
     origin = origin_files(sandbox)
-    fs.cat_file(paths[0])  # the parent's engine is running, with a file read, when the workers start
-    ctx = multiprocessing.get_context(start_method)
-    with ctx.Pool(4, initializer=_init_worker, initargs=(fs,)) as pool:
-        results = pool.map(_sha_in_worker, paths, chunksize=4)
+    fs.cat_file(paths[0])
+    # The parent's engine keeps reading (and writing its cache) while the workers are forked: a fork in the
+    # middle of a SQLite call used to leave the child hung in its first sqlite3 connect.
+    done = threading.Event()
+
+    def read_in_parent():
+        while not done.is_set():
+            for p in paths:
+                fs.cat_file(p)
+
+    reader = threading.Thread(target=read_in_parent, daemon=True)
+    reader.start()
+    try:
+        ctx = multiprocessing.get_context(start_method)
+        with ctx.Pool(4, initializer=_init_worker, initargs=(fs,)) as pool:
+            results = pool.map(_sha_in_worker, paths, chunksize=4)
+    finally:
+        done.set()
+        reader.join(60)
     assert len({pid for pid, _, _, _ in results}) > 1
     assert all(sha == origin[_key(fs, p)] for _, p, sha, _ in results)
     if start_method == "fork":  # a forked worker has its own engine over the parent's tree (copy-on-write)
