@@ -9,9 +9,10 @@ DEMO_STATE := .sandbox/state.json
 .PHONY: demo demo-stop test lint bench bench-deps soak system-deps clean
 
 system-deps:
-	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null; then \
-		echo "installing fuse3, libfuse3-dev, pkg-config, attr"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev pkg-config attr >/dev/null; \
+	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
+		|| ! command -v systemd-analyze >/dev/null; then \
+		echo "installing fuse3, libfuse3-dev, pkg-config, attr, systemd (for systemd-analyze)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev pkg-config attr systemd >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml | system-deps

@@ -1,4 +1,4 @@
-"""Command line: idcfs mount | unmount | stats | cache | prefetch | sandbox.
+"""Command line: idcfs mount | unmount | stats | cache | prefetch | info | cite | sandbox.
 
 Bad input gets one line on stderr and exit status 2, before anything is mounted.
 `idcfs mount` without --foreground starts the daemon as a child process and
@@ -48,6 +48,46 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("IDCFS_CACHE_DIR") or platformdirs.user_cache_dir("idcfs"))
 
 
+def _release(text: str) -> int:
+    try:
+        value = int(text.lower().removeprefix("v"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IDC release number, e.g. 18 or v18") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not an IDC release: releases count from 1")
+    return value
+
+
+def _add_release_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--idc-version",
+        type=_release,
+        default=None,
+        metavar="N",
+        help=f"{verb} the series as IDC release N served them, earlier versions included (default: the index's)",
+    )
+    p.add_argument(
+        "--license",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"{verb} only series under this license_short_name, e.g. 'CC BY 4.0'; 'commercial' stands for every "
+        "license that allows commercial use (CC BY, CC0) (repeatable)",
+    )
+
+
+def _selection(args):
+    from .namespace import Selection
+
+    return Selection(
+        filter=args.filter,
+        collections=tuple(args.collection),
+        manifest=args.manifest,
+        licenses=tuple(args.license),
+        idc_version=args.idc_version,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="idcfs", description="Mount the NCI Imaging Data Commons as a read-only filesystem.")
     p.add_argument("--version", action="version", version=f"idcfs {__version__}")
@@ -87,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--collection", action="append", default=[], metavar="ID", help="mount only this collection (repeatable)"
     )
+    _add_release_flags(m, "mount")
     m.add_argument(
         "--cache-dir", type=Path, default=None, metavar="DIR", help="cache directory (default: user cache dir)"
     )
@@ -131,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file", type=Path, default=None, metavar="FILE", help="daemon log (default: CACHE_DIR/idcfs.log)"
     )
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    m.add_argument("--fsname", default="idcfs", help=argparse.SUPPRESS)  # the source in /proc/mounts (mount.idcfs)
 
     u = sub.add_parser("unmount", help="unmount an idcfs mount", description="Unmount an idcfs mount.")
     u.add_argument("mountpoint", type=Path)
@@ -166,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
     pf.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns")
     pf.add_argument("--collection", action="append", default=[], metavar="ID", help="a collection (repeatable)")
+    _add_release_flags(pf, "warm")
     pf.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
     pf.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider (default aws)")
     pf.add_argument("--s3-endpoint", default=os.environ.get("IDCFS_S3_ENDPOINT"), metavar="URL")
@@ -173,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--index", type=Path, default=None, metavar="PARQUET")
     pf.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="as for mount (default 30)")
     pf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser(
+        "info",
+        help="metadata, licenses and sources of paths in a mount",
+        description="Print what the index says about files or directories in a mount: metadata, the "
+        "licenses and source DOIs of the series under them, and a warning when they mix licenses. Offline.",
+    )
+    i.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    i.add_argument("--json", action="store_true", help="print one JSON object per path")
+
+    ci = sub.add_parser(
+        "cite",
+        help="citations for the data under paths in a mount, or a selection",
+        description="Print the citations of the collections and analysis results under PATHs in a mount, "
+        "or of a selection (--manifest/--filter/--collection), from the metadata idc-index-data ships. "
+        "Offline: where a citation needs a DOI lookup, it says so.",
+    )
+    ci.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    ci.add_argument("--format", choices=("text", "bibtex"), default="text", help="default text")
+    ci.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
+    ci.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns")
+    ci.add_argument("--collection", action="append", default=[], metavar="ID", help="a collection (repeatable)")
+    _add_release_flags(ci, "cite")
+    ci.add_argument("--index", type=Path, default=None, metavar="PARQUET")
 
     s = sub.add_parser(
         "sandbox",
@@ -253,6 +320,8 @@ def _validate_mount_args(args) -> None:
                 pass
         except OSError as e:
             raise UsageError(f"--log-file {args.log_file}: {e.strerror}") from None
+    if not args.fsname or "," in args.fsname or any(c.isspace() for c in args.fsname):
+        raise UsageError(f"mount name {args.fsname!r} must be one word without commas, e.g. idc")
     try:
         args.mountpoint = check_mountpoint(args.mountpoint)
     except MountError as e:
@@ -276,7 +345,8 @@ def _daemonize(argv: list[str], args) -> int:
     os.close(write_fd)
     with os.fdopen(read_fd) as r:
         message = r.read().strip()
-    if message == "ready":
+    if message.startswith("ready"):
+        print(f"idcfs: {message[5:].strip()}", file=sys.stderr)
         return 0
     if message.startswith("usage:"):
         print(f"idcfs: error: {message[6:].strip()}", file=sys.stderr)
@@ -313,7 +383,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     if not args.foreground:
         return _daemonize(argv, args)
 
-    from .namespace import DEFAULT_TEMPLATE, Namespace, Selection, SelectionError
+    from .namespace import DEFAULT_TEMPLATE, Namespace, SelectionError
     from .store import ObjectStore, drop_credentials
 
     t0 = time.monotonic()
@@ -325,8 +395,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
     try:
         index = args.index or _default_index()
-        selection = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
-        ns = Namespace(index, args.template or DEFAULT_TEMPLATE, selection, cache_dir=args.cache_dir)
+        ns = Namespace(index, args.template or DEFAULT_TEMPLATE, _selection(args), cache_dir=args.cache_dir)
     except SelectionError as e:
         _report(args.ready_fd, f"usage: {e}")
         print(f"idcfs: error: {e}", file=sys.stderr)
@@ -336,7 +405,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     from .cache import CacheDir
     from .engine import Engine
     from .fs import IdcOperations
-    from .mount import serve
+    from .mount import notify_systemd, serve
 
     try:
         cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
@@ -356,19 +425,35 @@ def cmd_mount(args, argv: list[str]) -> int:
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
     ops = IdcOperations(Engine(ns, store, cache, memory=args.memory), mtime_ns=mtime_ns)
 
+    served = _served(ns)
+
     def ready():
-        log.info("mounted %s at %s (%.2fs)", index, args.mountpoint, time.monotonic() - t0)
-        _report(args.ready_fd, "ready")
-        if args.ready_fd is not None:
+        log.info("mounted %s at %s (%.2fs): %s", index, args.mountpoint, time.monotonic() - t0, served)
+        _report(args.ready_fd, f"ready {served}")
+        if args.ready_fd is None:
+            print(f"idcfs: {served}", file=sys.stderr, flush=True)
+            notify_systemd(f"READY=1\nSTATUS={served} at {args.mountpoint}")
+        else:
             os.dup2(os.open(os.devnull, os.O_RDWR), 0)
 
     try:
-        serve(ops, args.mountpoint, on_ready=ready, allow_other=args.allow_other)
+        serve(ops, args.mountpoint, on_ready=ready, allow_other=args.allow_other, fsname=args.fsname)
     except RuntimeError as e:  # pyfuse3.init failure
         _report(args.ready_fd, f"cannot mount: {e}")
         print(f"idcfs: error: cannot mount {args.mountpoint}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _served(ns) -> str:
+    """One line on what a mount serves: the IDC release, how many series, and earlier versions it holds."""
+    what = f"IDC {ns.idc_version}" if ns.idc_version else "an index without a release number"
+    if ns.release is not None and ns.release != ns.current_version:
+        what += f" (an earlier release; the index is v{ns.current_version})"
+    if ns.earlier_versions:
+        n = ns.earlier_versions
+        what += f", with {n} series version{'s' if n > 1 else ''} from earlier releases named by the manifest"
+    return f"serving {what}: {ns.num_series:,} series"
 
 
 def _probe_origins(store) -> dict:
@@ -495,7 +580,8 @@ def cmd_prefetch(args) -> int:
     _setup_logging("WARNING")
     from .prefetch import warm_paths, warm_series
 
-    selection = args.manifest is not None or args.filter is not None or args.collection
+    selection = args.manifest is not None or args.filter is not None or args.collection or args.license
+    selection = selection or args.idc_version is not None
     if bool(args.paths) == bool(selection):
         print(
             "idcfs: error: give paths inside a mount, or a selection (--manifest/--filter/--collection), not both",
@@ -514,13 +600,12 @@ def cmd_prefetch(args) -> int:
         summary = warm_paths(args.paths, args.jobs, progress=not args.quiet)
     else:
         from .cache import CacheDir
-        from .namespace import Namespace, Selection, SelectionError
+        from .namespace import Namespace, SelectionError
         from .store import ObjectStore, drop_credentials
 
         try:
             _validate_origin_args(args)
-            sel = Selection(filter=args.filter, collections=tuple(args.collection), manifest=args.manifest)
-            ns = Namespace(args.index or _default_index(), selection=sel, cache_dir=args.cache_dir)
+            ns = Namespace(args.index or _default_index(), selection=_selection(args), cache_dir=args.cache_dir)
         except (UsageError, SelectionError) as e:
             print(f"idcfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -567,4 +652,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_prefetch(args)
     if args.command == "sandbox":
         return cmd_sandbox(args)
+    if args.command in ("info", "cite"):
+        from . import info
+
+        if getattr(args, "manifest", None) is not None and not args.manifest.is_file():
+            print(f"idcfs: error: --manifest {args.manifest} is not a file", file=sys.stderr)
+            return EXIT_USAGE
+        return info.cmd_info(args) if args.command == "info" else info.cmd_cite(args)
     return EXIT_USAGE

@@ -90,19 +90,22 @@ class Engine:
         self.reader.close(of)
 
     async def metadata(self, node: Node) -> dict[str, str]:
-        """Index columns of the series a leaf directory or file belongs to, with its bucket and URL;
-        {} for directories above the series level (or leaves holding several series)."""
+        """What the index says about a file or directory: a file's or a series directory's index columns, with
+        bucket and URL; for every directory, what its subtree holds (series, licenses, source DOIs)."""
         if isinstance(node, InstanceFile):
             s, url = node.series, self.store.url(node.series.aws_bucket, node.key)
         else:
+            summary = self.ns.summary(node)
+            if node == 0:
+                summary |= {"idc_version": self.ns.idc_version, "index": str(self.ns.index_path)}
             series = self.ns.series_in(node)
             if len(series) != 1:
-                return {}
+                return summary
             s, url = series[0], self.store.url(series[0].aws_bucket, series[0].crdc_series_uuid + "/")
         meta = await trio.to_thread.run_sync(self.ns.series_metadata, s.crdc_series_uuid, limiter=self._db)
         meta["aws_bucket"] = s.aws_bucket
         meta["url"] = url
-        return meta
+        return meta if isinstance(node, InstanceFile) else meta | summary
 
     # -- counters
 

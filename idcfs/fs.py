@@ -226,9 +226,10 @@ class IdcOperations(pyfuse3.Operations):
 
     async def _xattrs(self, inode) -> dict[str, str]:
         dir_id = self._dir_id(inode)
+        meta = await self.engine.metadata(self._file(inode) if dir_id is None else dir_id)
         if dir_id == 0:  # control attributes of the mount itself
-            return {"stats": json.dumps({**self.engine.stats(), "open_files": len(self._open)})}
-        return await self.engine.metadata(self._file(inode) if dir_id is None else dir_id)
+            meta["stats"] = json.dumps({**self.engine.stats(), "open_files": len(self._open)})
+        return meta
 
     @_boundary
     async def listxattr(self, inode, ctx):

@@ -138,13 +138,25 @@ def _to_read_only(*_, **__):
     raise OSError(errno.EROFS, "idc:// is read-only")
 
 
+def _release_option(value) -> int:
+    import argparse
+
+    from .cli import _release
+
+    try:
+        return _release(str(value))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"idc_version: {e}") from None
+
+
 class IdcFileSystem(AbstractFileSystem):
     """IDC as an fsspec filesystem: collection/patient/study/series/instance, read-only.
 
     Options (all keyword, as the `idcfs mount` flags): source ("aws" or "gcs"), s3_endpoint,
     gcs_endpoint (default: the env vars IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT, then the public
-    buckets), filter (SQL WHERE over the index), manifest, collections, template, index (parquet),
-    cache_dir, cache_size ("10G"; "0" turns the block cache off), memory ("256M"), timeout (30 s).
+    buckets), filter (SQL WHERE over the index), manifest, collections, licenses (license_short_name
+    values or "commercial"), idc_version (an earlier release), template, index (parquet), cache_dir,
+    cache_size ("10G"; "0" turns the block cache off), memory ("256M"), timeout (30 s).
     Bad options raise ValueError with the message `idcfs mount` would print.
     """
 
@@ -160,6 +172,8 @@ class IdcFileSystem(AbstractFileSystem):
         filter: str | None = None,
         manifest: str | os.PathLike | None = None,
         collections: tuple[str, ...] | list[str] = (),
+        licenses: str | tuple[str, ...] | list[str] = (),
+        idc_version: int | None = None,
         template: str | None = None,
         index: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -188,6 +202,8 @@ class IdcFileSystem(AbstractFileSystem):
             filter,
             str(Path(manifest).resolve()) if manifest is not None else None,
             tuple(collections),
+            (licenses,) if isinstance(licenses, str) else tuple(licenses),
+            None if idc_version is None else _release_option(idc_version),
             template,
             str(Path(index or _default_index()).resolve()),
             str(_check_cache_dir(Path(cache_dir) if cache_dir is not None else _default_cache_dir())),
@@ -202,15 +218,33 @@ class IdcFileSystem(AbstractFileSystem):
         from .namespace import DEFAULT_TEMPLATE, Namespace, Selection
         from .store import ObjectStore, drop_credentials
 
-        source, s3, gcs, filt, manifest, collections, template, index, cache_dir, cache_size, memory, timeout = (
-            self._options
-        )
+        (
+            source,
+            s3,
+            gcs,
+            filt,
+            manifest,
+            collections,
+            licenses,
+            idc_version,
+            template,
+            index,
+            cache_dir,
+            cache_size,
+        ) = self._options[:-2]
+        memory, timeout = self._options[-2:]
         drop_credentials()
         parent = _inherited.get(self._options)
         if parent is not None and parent.engine is not None:
             ns = parent.engine.ns  # a forked worker reuses the parent's tree (copy-on-write), not its threads
         else:
-            selection = Selection(filter=filt, collections=collections, manifest=Path(manifest) if manifest else None)
+            selection = Selection(
+                filter=filt,
+                collections=collections,
+                manifest=Path(manifest) if manifest else None,
+                licenses=licenses,
+                idc_version=idc_version,
+            )
             ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
         store = ObjectStore(source, s3, gcs, timeout=timeout)
         cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)

@@ -34,6 +34,8 @@ class Index:
         filter: str | None = None,
         manifest: str | os.PathLike | None = None,
         collections: Sequence[str] = (),
+        licenses: Sequence[str] = (),
+        idc_version: int | None = None,
         template: str | None = None,
         index: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -43,7 +45,11 @@ class Index:
             from .cli import _default_cache_dir, _default_index
 
             selection = Selection(
-                filter=filter, collections=tuple(collections), manifest=Path(manifest) if manifest else None
+                filter=filter,
+                collections=tuple(collections),
+                manifest=Path(manifest) if manifest else None,
+                licenses=(licenses,) if isinstance(licenses, str) else tuple(licenses),
+                idc_version=idc_version,
             )
             cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
             _namespace = Namespace(Path(index or _default_index()), template or DEFAULT_TEMPLATE, selection, cache)
@@ -103,7 +109,8 @@ class Index:
 
     def metadata(self, path: str | os.PathLike) -> dict[str, str]:
         """What the index says about a path: all columns of a series directory or of a file in it, or the
-        template attributes that name a directory above, with its number of series.
+        template attributes that name a directory above; for a directory, also what its subtree holds
+        (series_count, and licenses and source_DOIs as JSON of series counts), as the mount's xattrs.
 
         A file's metadata adds its name and crdc_instance_uuid (the name without .dcm); whether the
         file exists is known only after a LIST, which the Index does not make.
@@ -123,7 +130,8 @@ class Index:
         meta = self.ns.series_metadata(first, self._con)
         if not self.ns.is_leaf(dir_id) or len(rows) > 1:
             level = self.ns.dir_of(dir_id)[0]
-            keep = self.ns.attributes_at(level) if level >= 0 else []
+            keep = self.ns.attributes_at(level) if level >= 0 else ["idc_version"]
             meta = {k: v for k, v in meta.items() if k in keep}
-            meta["series_count"] = str(len(rows))
+        if not extra:
+            meta |= self.ns.summary(dir_id)
         return {**meta, "path": "/".join(parts[: len(parts) - bool(extra)]), **extra}

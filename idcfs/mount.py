@@ -62,21 +62,23 @@ def check_mountpoint(path: Path) -> Path:
     return path
 
 
-def fuse_options(allow_other: bool = False) -> set[str]:
+def fuse_options(allow_other: bool = False, fsname: str = "idcfs") -> set[str]:
     opts = set(pyfuse3.default_options)
-    opts |= {"fsname=idcfs", "subtype=idcfs", "ro", "noatime"}
+    opts |= {f"fsname={fsname}", "subtype=idcfs", "ro", "noatime"}
     if allow_other:
         opts.add("allow_other")
     return opts
 
 
-def serve(ops: pyfuse3.Operations, mountpoint: Path, on_ready=None, allow_other: bool = False) -> None:
+def serve(
+    ops: pyfuse3.Operations, mountpoint: Path, on_ready=None, allow_other: bool = False, fsname: str = "idcfs"
+) -> None:
     """Mount, call on_ready(), serve until unmounted or signalled, then unmount.
 
     ops may have attach(nursery), to run background work in the mount's
     nursery, and close(), called once serving has stopped.
     """
-    pyfuse3.init(ops, str(mountpoint), fuse_options(allow_other))
+    pyfuse3.init(ops, str(mountpoint), fuse_options(allow_other, fsname))
     try:
         if on_ready is not None:
             on_ready()
@@ -85,6 +87,25 @@ def serve(ops: pyfuse3.Operations, mountpoint: Path, on_ready=None, allow_other:
         pyfuse3.close(unmount=True)
         if hasattr(ops, "close"):
             ops.close()
+
+
+def notify_systemd(message: str) -> None:
+    """Tell systemd (Type=notify units) about the mount: "READY=1", "STOPPING=1". No-op elsewhere.
+
+    The protocol is one datagram to $NOTIFY_SOCKET; '@' names an abstract socket.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    import socket
+
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), address)
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e)
 
 
 READ_AHEAD_KB = 1024
@@ -126,6 +147,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("received signal %d, unmounting", sig)
+            notify_systemd("STOPPING=1")
             pyfuse3.terminate()
             return
 

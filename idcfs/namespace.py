@@ -9,7 +9,6 @@ found by binary search. Nothing here does I/O beyond reading the parquet file.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -48,7 +47,13 @@ XATTR_COLUMNS = (
     "crdc_series_uuid",
     "series_init_idc_version",
     "series_revised_idc_version",
+    "min_idc_version",  # only in a mount that holds earlier releases' versions
+    "max_idc_version",
 )
+
+# Tables shipped beside idc_index.parquet in idc-index-data.
+PRIOR_VERSIONS_FILE = "prior_versions_index.parquet"
+VERSIONS_FILE = "version_metadata_index.parquet"
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _MANIFEST_URL = re.compile(rf"^(?:cp\s+)?(s3|gs)://([a-z0-9.-]+)/({_UUID})/\*?(?:\s+\S+)?$")
@@ -169,6 +174,13 @@ class Selection:
     filter: str | None = None
     collections: tuple[str, ...] = ()
     manifest: Path | None = None
+    licenses: tuple[str, ...] = ()  # license_short_name values, or COMMERCIAL
+    idc_version: int | None = None  # an earlier IDC release; None: the index's own
+
+
+# --license value: every license that allows commercial use (CC BY and CC0, no NC or ND).
+COMMERCIAL = "commercial"
+_COMMERCIAL_LICENSE = re.compile(r"^(CC BY( \d+(\.\d+)*)?|CC0( \d+(\.\d+)*)?)$", re.IGNORECASE)
 
 
 def _validate_filter(con: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -192,7 +204,7 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # The tree
 
-TREE_FORMAT = 2
+TREE_FORMAT = 3
 METADATA_CACHE_SIZE = 4096  # series whose xattr values are kept
 
 
@@ -230,6 +242,14 @@ class Series:
 
 _inherited_connections: list = []
 
+# Per-series columns the tree keeps, so a directory can tell what its subtree holds without a query.
+SUMMARY_COLUMNS = ("license_short_name", "source_DOI")
+
+
+def _sibling(index_path: Path, name: str) -> Path | None:
+    path = index_path.parent / name
+    return path if path.is_file() else None
+
 
 class Namespace:
     """Directories at `levels` depths over the sorted selection of series."""
@@ -242,18 +262,25 @@ class Namespace:
         cache_dir: Path | None = None,
     ):
         self.index_path = Path(index_path)
+        self.prior_path = _sibling(self.index_path, PRIOR_VERSIONS_FILE)
         self.template = template
         level_sql = parse_template(template)
         self.depth = len(level_sql)
         selection = selection or Selection()
         self._metadata: dict[str, dict[str, str]] = {}
+        # What `idx` is: the index's own release, or release N from the index plus prior_versions_index.
+        self._view_statements = ["CREATE VIEW idx AS SELECT * FROM current"]
         self._connection, self._pid = self._connect(), os.getpid()
-        con = self._con
+        self.current_version = self._current_version()
+        self.release = self._choose_release(selection.idc_version)
+        self.earlier_versions = 0  # series versions a manifest named from releases before self.release
         where, params = self._where(selection)
+        con = self._con
+        summary = ", ".join(c if c in self.columns else f"NULL::VARCHAR AS {c}" for c in SUMMARY_COLUMNS)
         cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
         order = ", ".join(f"c{i}" for i in range(self.depth))
         query = f"""
-            SELECT {cols}, crdc_series_uuid, aws_bucket
+            SELECT {cols}, crdc_series_uuid, aws_bucket, {summary}
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
         cached = self._tree_cache_path(cache_dir, query, params)
         table = _load_tree(cached)
@@ -266,25 +293,43 @@ class Namespace:
                 table = table.read_all()
             _save_tree(cached, table)
         if table.num_rows == 0:
-            raise SelectionError("the selection is empty: no series match --filter/--collection/--manifest")
+            raise SelectionError(
+                "the selection is empty: no series match --filter/--collection/--manifest/--license/--idc-version"
+            )
         self._build(table)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:", config={"threads": 2})
         index_path = self.index_path
         try:
-            con.execute(f"CREATE VIEW idx AS SELECT * FROM read_parquet({_sql_str(str(index_path))})")
-            self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
+            con.execute(f"CREATE VIEW current AS SELECT * FROM read_parquet({_sql_str(str(index_path))})")
+            columns = [r[0] for r in con.execute("DESCRIBE current").fetchall()]
         except duckdb.Error as e:
             raise SelectionError(f"cannot read --index {index_path}: {_one_line(e)}") from None
-        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(self.columns)
+        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(columns)
         if missing:
             raise SelectionError(f"--index {index_path} is not an IDC index: missing columns {sorted(missing)}")
+        allowed = [index_path]
+        if self.prior_path is not None:
+            con.execute(f"CREATE VIEW prior AS SELECT * FROM read_parquet({_sql_str(str(self.prior_path))})")
+            allowed.append(self.prior_path)
+        for statement in self._view_statements:
+            con.execute(statement)
+        self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
         # The filter may read nothing but the index, and nothing may change the settings after this.
-        con.execute(f"SET allowed_paths = [{_sql_str(str(index_path))}, {_sql_str(str(index_path.resolve()))}]")
+        paths = ", ".join(_sql_str(str(q)) for p in allowed for q in (p, p.resolve()))
+        con.execute(f"SET allowed_paths = [{paths}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con
+
+    def _redefine_idx(self, *statements: str) -> None:
+        """Replace the `idx` view (kept, so that a forked child's own connection gets the same one)."""
+        self._view_statements = ["DROP VIEW idx", *statements]
+        for statement in self._view_statements:
+            self._con.execute(statement)
+        self._view_statements = list(statements)
+        self.columns = [r[0] for r in self._con.execute("DESCRIBE idx").fetchall()]
 
     @property
     def _con(self) -> duckdb.DuckDBPyConnection:
@@ -295,12 +340,99 @@ class Namespace:
             self._connection, self._pid = self._connect(), os.getpid()
         return self._connection
 
+    # -- releases
+
+    def _current_version(self) -> int | None:
+        """The IDC release of the index: version_metadata_index beside it, else its newest revision."""
+        versions = _sibling(self.index_path, VERSIONS_FILE)
+        if versions is not None:
+            try:
+                (v,) = duckdb.execute(
+                    f"SELECT max(idc_version) FROM read_parquet({_sql_str(str(versions))})"
+                ).fetchone()
+                if v is not None:
+                    return int(v)
+            except duckdb.Error as e:
+                log.warning("ignoring %s: %s", versions, _one_line(e))
+        if "series_revised_idc_version" not in self.columns:
+            return None
+        (v,) = self._con.execute("SELECT max(series_revised_idc_version) FROM current").fetchone()
+        return None if v is None else int(v)
+
+    def _need_prior(self, why: str) -> None:
+        if self.prior_path is None:
+            raise SelectionError(f"{why} needs {PRIOR_VERSIONS_FILE} beside --index {self.index_path}")
+        if "series_revised_idc_version" not in self.columns:
+            raise SelectionError(f"{why} needs the column series_revised_idc_version in --index {self.index_path}")
+
+    def _choose_release(self, wanted: int | None) -> int | None:
+        if wanted is None or wanted == self.current_version:
+            return self.current_version
+        self._need_prior(f"--idc-version {wanted}")
+        if self.current_version is None or not 1 <= wanted <= self.current_version:
+            raise SelectionError(f"--idc-version {wanted} is not an IDC release: give 1 to {self.current_version}")
+        # Series of release N: current versions that existed by then, and the versions N had that later
+        # releases revised or removed. Those are few (tens of thousands), so they are materialized.
+        self._redefine_idx(
+            "CREATE TEMP TABLE earlier AS "
+            + self._prior_sql(f"min(min_idc_version) <= {wanted} AND max(max_idc_version) >= {wanted}"),
+            f"CREATE VIEW idx AS {self._current_sql(f'series_revised_idc_version <= {wanted}')} "
+            "UNION ALL BY NAME SELECT * FROM earlier",
+        )
+        return wanted
+
+    def _current_sql(self, where: str = "TRUE") -> str:
+        return (
+            f"SELECT *, series_revised_idc_version AS min_idc_version, {self.current_version} AS max_idc_version "
+            f"FROM current WHERE {where}"
+        )
+
+    def _prior_sql(self, having: str) -> str:
+        """One row per earlier series version, shaped like the index.
+
+        A version spans one row per storage bucket it was served from; its objects are read from the latest.
+        The index has no license or DOI of an earlier version: those of the series' current version are given
+        (IDC keeps license and DOI as current metadata of a series); NULL for series IDC has removed.
+        """
+        current = [c for c in ("license_short_name", "source_DOI", "analysis_result_id") if c in self.columns]
+        picked = "".join(f", c.{c}" for c in current)
+        init = (
+            ", least(c.init, v.min_idc_version)" if "series_init_idc_version" in self.columns else ", v.min_idc_version"
+        )
+        return f"""
+            SELECT v.*, v.min_idc_version AS series_revised_idc_version{init} AS series_init_idc_version,
+                   's3://' || v.aws_bucket || '/' || v.crdc_series_uuid || '/*' AS series_aws_url{picked}
+            FROM (
+                SELECT crdc_series_uuid,
+                       arg_max(collection_id, max_idc_version) AS collection_id,
+                       arg_max(PatientID, max_idc_version) AS PatientID,
+                       arg_max(StudyInstanceUID, max_idc_version) AS StudyInstanceUID,
+                       arg_max(SeriesInstanceUID, max_idc_version) AS SeriesInstanceUID,
+                       arg_max(Modality, max_idc_version) AS Modality,
+                       arg_max(aws_bucket, max_idc_version) AS aws_bucket,
+                       max(series_size_MB) AS series_size_MB,
+                       min(min_idc_version) AS min_idc_version,
+                       max(max_idc_version) AS max_idc_version
+                FROM prior GROUP BY crdc_series_uuid HAVING {having}
+            ) v
+            LEFT JOIN (
+                SELECT SeriesInstanceUID{"".join(f", any_value({c}) AS {c}" for c in current)}
+                       {", min(series_init_idc_version) AS init" if "series_init_idc_version" in self.columns else ""}
+                FROM current GROUP BY SeriesInstanceUID
+            ) c USING (SeriesInstanceUID)"""
+
+    @property
+    def idc_version(self) -> str:
+        """The IDC release this tree is (v25), or '' when the index does not say."""
+        return "" if self.release is None else f"v{self.release}"
+
     def _tree_cache_path(self, cache_dir: Path | None, query: str, params: list) -> Path | None:
-        """The sorted selection depends only on the index file, the query and its parameters."""
+        """The sorted selection depends only on the index files, the view, the query and its parameters."""
         if cache_dir is None:
             return None
-        st = self.index_path.stat()
-        key = json.dumps([TREE_FORMAT, str(self.index_path.resolve()), st.st_size, st.st_mtime_ns, query, params])
+        files = [self.index_path] + ([self.prior_path] if self.prior_path else [])
+        stamps = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        key = json.dumps([TREE_FORMAT, stamps, self._view_statements, query, params])
         return Path(cache_dir) / "trees" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".arrow")
 
     def _where(self, sel: Selection) -> tuple[str, list]:
@@ -324,27 +456,98 @@ class Namespace:
                     )
             clauses.append("collection_id IN (SELECT unnest(?))")
             params.append(list(sel.collections))
+        if sel.licenses:
+            clauses.append("license_short_name IN (SELECT unnest(?))")
+            params.append(self._licenses(sel.licenses))
         if sel.manifest is not None:
-            uuids, uids = parse_manifest(sel.manifest)
-            found = con.execute(
-                "SELECT crdc_series_uuid, SeriesInstanceUID FROM idx "
-                "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?))",
-                [uuids, uids],
-            ).fetchall()
-            seen = {u for row in found for u in row}
-            unknown = [u for u in uuids + uids if u not in seen]
-            if unknown:
-                raise SelectionError(
-                    f"--manifest {sel.manifest}: {len(unknown)} series not in the index, first {unknown[0]}"
-                )
-            clauses.append("(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))")
-            params += [uuids, uids]
+            clauses.append(self._manifest_clause(sel.manifest, params))
         return " AND ".join(clauses), params
+
+    def _licenses(self, wanted: tuple[str, ...]) -> list[str]:
+        """--license values as license_short_name values; COMMERCIAL stands for every CC BY and CC0 license."""
+        if "license_short_name" not in self.columns:
+            raise SelectionError(f"--license needs the column license_short_name in --index {self.index_path}")
+        known = [r[0] for r in self._con.execute("SELECT DISTINCT license_short_name FROM idx ORDER BY 1").fetchall()]
+        known = [k for k in known if k is not None]
+        by_lower = {k.lower(): k for k in known}
+        names = []
+        for w in wanted:
+            if w.strip().lower() == COMMERCIAL:
+                names += [k for k in known if _COMMERCIAL_LICENSE.match(k)]
+            elif w.strip().lower() in by_lower:
+                names.append(by_lower[w.strip().lower()])
+            else:
+                raise SelectionError(
+                    f"unknown --license {w!r}: give {COMMERCIAL!r} or one of " + ", ".join(repr(k) for k in known)
+                )
+        return sorted(set(names))
+
+    def _manifest_clause(self, manifest: Path, params: list) -> str:
+        """Series a manifest names. A crdc_series_uuid of an earlier version is served as that version (with
+        --idc-version N, it must be a version of release N); a SeriesInstanceUID names the release's version."""
+        uuids, uids = parse_manifest(manifest)
+        con = self._con
+        found = con.execute(
+            "SELECT crdc_series_uuid, SeriesInstanceUID FROM idx "
+            "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?))",
+            [uuids, uids],
+        ).fetchall()
+        seen = {u for row in found for u in row}
+        earlier = [u for u in dict.fromkeys(uuids) if u not in seen]
+        if earlier and self.prior_path is not None and "series_revised_idc_version" in self.columns:
+            ranges = dict(
+                con.execute(
+                    "SELECT crdc_series_uuid, min(min_idc_version) || '-' || max(max_idc_version) FROM prior "
+                    "WHERE crdc_series_uuid IN (SELECT unnest(?)) GROUP BY 1",
+                    [earlier],
+                ).fetchall()
+            )
+            if ranges and self.release != self.current_version:
+                u = next(iter(ranges))
+                releases = "v" + ranges[u].replace("-", "-v")
+                raise SelectionError(
+                    f"--manifest {manifest}: series {u} is a version from IDC releases {releases}, "
+                    f"not from --idc-version {self.release}; drop --idc-version to mount the versions it names"
+                )
+            if ranges:
+                self._redefine_idx(
+                    "CREATE TEMP TABLE earlier AS "
+                    + self._prior_sql(f"crdc_series_uuid IN ({', '.join(_sql_str(u) for u in ranges)})"),
+                    f"CREATE VIEW idx AS {self._current_sql()} UNION ALL BY NAME SELECT * FROM earlier",
+                )
+                self.earlier_versions = len(ranges)
+                seen |= set(ranges)
+        unknown = [u for u in uuids + uids if u not in seen]
+        if unknown:
+            raise SelectionError(
+                f"--manifest {manifest}: {len(unknown)} series not in the index"
+                + (f" (IDC {self.idc_version})" if self.idc_version else "")
+                + f", first {unknown[0]}"
+            )
+        twice = con.execute(
+            "SELECT SeriesInstanceUID, list(crdc_series_uuid ORDER BY crdc_series_uuid) FROM idx "
+            "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)) "
+            "GROUP BY 1 HAVING count(*) > 1 LIMIT 1",
+            [uuids, uids],
+        ).fetchone()
+        if twice:
+            raise SelectionError(
+                f"--manifest {manifest} names {len(twice[1])} versions of series {twice[0]} "
+                f"({', '.join(twice[1])}): one directory holds one version; keep one of them"
+            )
+        params += [uuids, uids]
+        return "(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))"
 
     def _build(self, table: pa.Table) -> None:
         n = table.num_rows
-        self.table = table  # c0..c{depth-1}, crdc_series_uuid, aws_bucket; sorted by path
+        self.table = table  # c0..c{depth-1}, crdc_series_uuid, aws_bucket, *SUMMARY_COLUMNS; sorted by path
         self.num_series = n
+        # Summary columns as dictionary codes (-1 for NULL), so a subtree's counts are one bincount.
+        self._summary: dict[str, tuple[list, np.ndarray]] = {}
+        for c in SUMMARY_COLUMNS:
+            enc = table.column(c).combine_chunks().dictionary_encode()
+            codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+            self._summary[c] = (enc.dictionary.to_pylist(), codes)
         self._uuid = table.column("crdc_series_uuid").combine_chunks()
         buckets = table.column("aws_bucket").combine_chunks().dictionary_encode()
         self._bucket_names = buckets.dictionary.to_pylist()
@@ -444,11 +647,22 @@ class Namespace:
     def all_series(self) -> list[Series]:
         return [self.series_at(r) for r in range(self.num_series)]
 
-    @functools.cached_property
-    def idc_version(self) -> str:
-        """The IDC release of the index: the newest version any of its series was revised in."""
-        (v,) = self._con.execute("SELECT max(series_revised_idc_version) FROM idx").fetchone()
-        return "" if v is None else f"v{v}"
+    def counts(self, dir_id: int, column: str) -> dict[str | None, int]:
+        """How many series under a directory have each value of a summary column (None: not given),
+        most frequent first."""
+        names, codes = self._summary[column]
+        rows = self.rows_in(dir_id)
+        tally = np.bincount(codes[rows.start : rows.stop] + 1, minlength=len(names) + 1)
+        found = {([None] + names)[i]: int(k) for i, k in enumerate(tally) if k}
+        return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0] or "")))
+
+    def summary(self, dir_id: int) -> dict[str, str]:
+        """What a directory's subtree holds: series, licenses and source DOIs with their series counts (JSON;
+        a missing value is counted under "")."""
+        out = {"series_count": str(len(self.rows_in(dir_id)))}
+        for column, key in (("license_short_name", "licenses"), ("source_DOI", "source_DOIs")):
+            out[key] = json.dumps({k or "": v for k, v in self.counts(dir_id, column).items()})
+        return out
 
     def series_metadata(self, crdc_series_uuid: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, str]:
         """Index columns of one series, for the user.idc.* xattrs (a fresh dict the caller may extend).

@@ -46,6 +46,8 @@ COHORT = (
     ("01742e03-18ba-42a4-8a21-a6bcb57c3cc4", 29, "CT series in idc-open-data-two"),
     ("058a0528-c295-412c-bbcb-4afa3f6f05e0", 36, "MR series in idc-open-data-cr"),
     ("0002a088-6fc7-4be4-acfb-773fce033265", 2, "SM whole-slide pyramid, base level > 200 MiB"),
+    ("6e04fc33-da5f-4f87-87da-e025dfadcc17", 2, "MR series as IDC v2-v15 served it (prior_versions_index)"),
+    ("66b41c47-adc4-46bb-971f-82f2d8d62bf6", 3, "the same MR series as revised in v16, current"),
 )
 
 
@@ -57,6 +59,9 @@ class SandboxState:
     data_dir: str
     objects: dict[str, str] = field(default_factory=dict)  # "<aws_bucket>/<key>" -> sha256
     series: list[dict] = field(default_factory=list)
+    # Versions of cohort series that only earlier IDC releases served: at the origin, not in `manifest`.
+    earlier_series: list[dict] = field(default_factory=list)
+    earlier_objects: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
@@ -67,14 +72,22 @@ class SandboxState:
 
 
 def cohort_rows(index_path: Path, cohort=COHORT) -> list[SeriesRow]:
+    """The cohort's index rows; a crdc_series_uuid of an earlier version comes from prior_versions_index
+    (the row of its latest bucket)."""
     con = duckdb.connect()
     uuids = [c[0] for c in cohort]
+    cols = "collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, Modality, crdc_series_uuid, aws_bucket"
     rows = con.execute(
-        "SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, Modality, crdc_series_uuid, aws_bucket "
-        "FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?))",
+        f"SELECT {cols} FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?))",
         [str(index_path), uuids],
     ).fetchall()
-    by_uuid = {r[5]: SeriesRow(*r) for r in rows}
+    prior = Path(index_path).with_name("prior_versions_index.parquet")
+    if prior.is_file():
+        rows += con.execute(
+            f"SELECT {cols} FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?)) ORDER BY max_idc_version",
+            [str(prior), uuids],
+        ).fetchall()
+    by_uuid = {r[5]: SeriesRow(*r) for r in rows}  # the latest bucket of a version wins
     missing = [u for u in uuids if u not in by_uuid]
     if missing:
         raise RuntimeError(f"sandbox cohort series missing from the index: {missing}")
@@ -203,15 +216,26 @@ class Sandbox:
         self.start_s3()
         self.start_gcs()
         self.fill_s3(objects)
+        current = set(
+            duckdb.execute(
+                "SELECT crdc_series_uuid FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?))",
+                [str(self.index_path), [r.crdc_series_uuid for r in rows]],
+            ).fetchall()
+        )
+        current = {u for (u,) in current}
+        now = [r for r in rows if r.crdc_series_uuid in current]
+        earlier = [r for r in rows if r.crdc_series_uuid not in current]
         manifest = self.data_dir / "manifest.s5cmd"
-        manifest.write_text("".join(f"cp s3://{r.aws_bucket}/{r.crdc_series_uuid}/* .\n" for r in rows))
+        manifest.write_text("".join(f"cp s3://{r.aws_bucket}/{r.crdc_series_uuid}/* .\n" for r in now))
         self.state = SandboxState(
             self.s3_endpoint,
             self.gcs_endpoint,
             str(manifest),
             str(self.data_dir),
-            objects,
-            [asdict(r) for r in rows],
+            {k: v for k, v in objects.items() if k.split("/")[1] in current},
+            [asdict(r) for r in now],
+            [asdict(r) for r in earlier],
+            {k: v for k, v in objects.items() if k.split("/")[1] not in current},
         )
         return self.state
 
@@ -312,6 +336,8 @@ def run_sandbox(data_dir: Path, s3_port: int, gcs_port: int, state_path: Path | 
         print(f"S3  endpoint: {state.s3_endpoint}   (export IDCFS_S3_ENDPOINT={state.s3_endpoint})")
         print(f"GCS endpoint: {state.gcs_endpoint}   (export IDCFS_GCS_ENDPOINT={state.gcs_endpoint})")
         print(f"manifest:     {state.manifest}   ({len(state.series)} series, {len(state.objects)} files)")
+        for r in state.earlier_series:
+            print(f"also:         {r['crdc_series_uuid']}, a version of {r['SeriesInstanceUID']} from earlier releases")
         print(f"try: idcfs mount --manifest {state.manifest} ./idc-demo")
         sys.stdout.flush()
         stop = False

@@ -108,6 +108,28 @@ def origin_files(state) -> dict[str, str]:
     return {k.split("/", 1)[1]: v for k, v in state.objects.items()}
 
 
+def origin_sizes(state) -> dict[str, int]:
+    """{'<crdc_series_uuid>/<name>': size} of the objects the manifest's series hold (not earlier versions)."""
+    gcs = Path(state.data_dir) / "gcs"
+    want = origin_files(state)
+    return {
+        f"{p.parent.name}/{p.name}": p.stat().st_size
+        for p in gcs.glob("*/*/*.dcm")
+        if f"{p.parent.name}/{p.name}" in want
+    }
+
+
+def licenses_of(uuids: list[str]) -> dict[str, str]:
+    """{crdc_series_uuid: license_short_name} from the shipped index."""
+    import duckdb
+
+    rows = duckdb.execute(
+        "SELECT crdc_series_uuid, license_short_name FROM read_parquet(?) WHERE crdc_series_uuid IN (SELECT unnest(?))",
+        [str(INDEX), uuids],
+    ).fetchall()
+    return dict(rows)
+
+
 def mount_stats(mnt: Path) -> dict:
     return json.loads(os.getxattr(mnt, "user.idc.stats"))
 

@@ -18,7 +18,17 @@ from idcfs.cache import BlockCache, block_key, parse_size
 from idcfs.faultproxy import FaultProxy
 from idcfs.sandbox import Sandbox, sha256_file
 
-from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
+from .conftest import (
+    by_modality,
+    files_under,
+    idcfs,
+    mount_stats,
+    origin_files,
+    origin_sizes,
+    read_all,
+    series_dir,
+    uuid_of,
+)
 
 
 def cache_stats(cache: Path) -> dict:
@@ -33,7 +43,7 @@ def unmount(mnt: Path) -> None:
 
 
 def origin_size(state) -> int:
-    return sum(p.stat().st_size for p in (Path(state.data_dir) / "gcs").glob("*/*/*.dcm"))
+    return sum(origin_sizes(state).values())
 
 
 def test_remount_with_both_origins_stopped_reads_from_cache(mount, sandbox, tmp_path):
@@ -238,13 +248,15 @@ def test_prefetch_selection_then_mount_offline(sandbox, mount, tmp_path):
         "--s3-endpoint", sandbox.s3_endpoint, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "prefetched 263 files" in r.stdout
+    assert f"prefetched {len(sandbox.objects)} files" in r.stdout
     stats = cache_stats(cache)
-    assert stats["bytes_fetched"] == origin_size(sandbox) and stats["series_listed"] == 8
+    assert stats["bytes_fetched"] == origin_size(sandbox) and stats["series_listed"] == len(sandbox.series)
     again = idcfs(
         "prefetch", "-q", "--manifest", sandbox.manifest, "--cache-dir", cache, "--s3-endpoint", "http://127.0.0.1:9"
     )
-    assert again.returncode == 0 and "263 already cached" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and f"{len(sandbox.objects)} already cached" in again.stdout, (
+        again.stdout + again.stderr
+    )
     mnt = mount(cache_dir=cache, s3_endpoint="http://127.0.0.1:9", gcs_endpoint="http://127.0.0.1:9")
     assert read_all(mnt) == origin_files(sandbox)
     unmount(mnt)

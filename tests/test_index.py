@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import fsspec
@@ -47,7 +48,11 @@ def test_index_maps_paths_and_metadata_like_the_mount(mount, sandbox, tmp_path):
         above = ix.metadata(study)
         assert above["StudyInstanceUID"] == s["StudyInstanceUID"] and "SeriesInstanceUID" not in above
     assert ix.metadata("")["series_count"] == str(len(sandbox.series))
-    assert ix.metadata("nlst") == {"collection_id": "nlst", "series_count": "4", "path": "nlst"}
+    nlst = ix.metadata("nlst")
+    assert json.loads(nlst.pop("licenses")) == {"CC BY 4.0": 4}
+    assert json.loads(nlst.pop("source_DOIs")) == {"10.5281/zenodo.8347011": 2, "10.7937/tcia.hmq8-j677": 2}
+    assert nlst == {"collection_id": "nlst", "series_count": "4", "path": "nlst"}
+    assert ix.metadata("")["idc_version"] == os.getxattr(mnt, "user.idc.idc_version").decode() == "v25"
     with pytest.raises(FileNotFoundError):
         ix.metadata("nlst/no-such-patient")
     with pytest.raises(KeyError):

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
+from .conftest import (
+    by_modality,
+    files_under,
+    idcfs,
+    mount_stats,
+    origin_files,
+    origin_sizes,
+    read_all,
+    series_dir,
+    uuid_of,
+)
 
 
 @pytest.mark.parametrize("source", ["aws", "gcs"])
@@ -25,8 +35,8 @@ def test_every_file_has_origin_sha256(mount, sandbox, source):
 
 def test_stat_size_exact_before_open(mount, sandbox):
     mnt = mount()
-    on_disk = (Path(sandbox.data_dir) / "gcs").glob("*/*/*.dcm")
-    want = {f"{p.parent.name}/{p.name}": p.stat().st_size for p in on_disk}
+    want = origin_sizes(sandbox)
+    assert len(want) == len(sandbox.objects)
     assert {f"{uuid_of(p)}/{p.name}": p.stat().st_size for p in files_under(mnt)} == want
 
 
@@ -115,7 +125,7 @@ def test_posix_tools(mount, sandbox, tmp_path):
     found = subprocess.run(["find", str(mnt), "-type", "f"], capture_output=True, text=True).stdout.splitlines()
     assert len(found) == len(sandbox.objects)
     du = int(subprocess.run(["du", "-sb", str(mnt)], capture_output=True, text=True).stdout.split()[0])
-    total = sum(p.stat().st_size for p in (Path(sandbox.data_dir) / "gcs").rglob("*.dcm"))
+    total = sum(origin_sizes(sandbox).values())
     assert du >= total
     d = series_dir(mnt, "6f6d4fdb-8d29-4cec-bfa8-6913e5fbacde", sandbox)
     attrs = subprocess.run(["getfattr", "-d", str(d)], capture_output=True, text=True).stdout
