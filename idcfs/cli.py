@@ -58,7 +58,13 @@ def _release(text: str) -> int:
     return value
 
 
-def _add_release_flags(p: argparse.ArgumentParser, verb: str) -> None:
+def _add_selection_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    """--filter, --manifest, --collection, --idc-version, --license: which series mount, prefetch and cite take."""
+    p.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns, e.g. \"Modality='CT'\"")
+    p.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
+    p.add_argument(
+        "--collection", action="append", default=[], metavar="ID", help=f"{verb} only this collection (repeatable)"
+    )
     p.add_argument(
         "--idc-version",
         type=_release,
@@ -73,6 +79,12 @@ def _add_release_flags(p: argparse.ArgumentParser, verb: str) -> None:
         metavar="NAME",
         help=f"{verb} only series under this license_short_name, e.g. 'CC BY 4.0'; 'commercial' stands for every "
         "license that allows commercial use (CC BY, CC0) (repeatable)",
+    )
+
+
+def _has_selection(args) -> bool:
+    return bool(args.manifest is not None or args.filter is not None or args.collection or args.license) or (
+        args.idc_version is not None
     )
 
 
@@ -122,12 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory template, as idc-index's dirTemplate "
         "(default %%collection_id/%%PatientID/%%StudyInstanceUID/%%Modality_%%SeriesInstanceUID)",
     )
-    m.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns, e.g. \"Modality='CT'\"")
-    m.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
-    m.add_argument(
-        "--collection", action="append", default=[], metavar="ID", help="mount only this collection (repeatable)"
-    )
-    _add_release_flags(m, "mount")
+    _add_selection_flags(m, "mount")
     m.add_argument(
         "--cache-dir", type=Path, default=None, metavar="DIR", help="cache directory (default: user cache dir)"
     )
@@ -205,10 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pf.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     pf.add_argument("-j", "--jobs", type=int, default=32, help="parallel reads (default 32)")
-    pf.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
-    pf.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns")
-    pf.add_argument("--collection", action="append", default=[], metavar="ID", help="a collection (repeatable)")
-    _add_release_flags(pf, "warm")
+    _add_selection_flags(pf, "warm")
     pf.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
     pf.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider (default aws)")
     pf.add_argument("--s3-endpoint", default=os.environ.get("IDCFS_S3_ENDPOINT"), metavar="URL")
@@ -235,10 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ci.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     ci.add_argument("--format", choices=("text", "bibtex"), default="text", help="default text")
-    ci.add_argument("--manifest", type=Path, metavar="FILE", help="s5cmd manifest or list of series UIDs/UUIDs")
-    ci.add_argument("--filter", metavar="SQL", help="WHERE clause over the index columns")
-    ci.add_argument("--collection", action="append", default=[], metavar="ID", help="a collection (repeatable)")
-    _add_release_flags(ci, "cite")
+    _add_selection_flags(ci, "cite")
     ci.add_argument("--index", type=Path, default=None, metavar="PARQUET")
 
     s = sub.add_parser(
@@ -580,9 +581,7 @@ def cmd_prefetch(args) -> int:
     _setup_logging("WARNING")
     from .prefetch import warm_paths, warm_series
 
-    selection = args.manifest is not None or args.filter is not None or args.collection or args.license
-    selection = selection or args.idc_version is not None
-    if bool(args.paths) == bool(selection):
+    if bool(args.paths) == _has_selection(args):
         print(
             "idcfs: error: give paths inside a mount, or a selection (--manifest/--filter/--collection), not both",
             file=sys.stderr,

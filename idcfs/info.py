@@ -182,14 +182,14 @@ def _dois_of_selection(args) -> tuple[dict[str, int], str]:
 
 
 def cmd_cite(args) -> int:
+    from .cli import _has_selection
     from .namespace import SelectionError
 
     counts: dict[str, int] = {}
     index = ""
     try:
         found = [_dois_of(p) for p in args.paths]
-        selection = args.manifest is not None or args.filter is not None or args.collection or args.license
-        if selection or args.idc_version is not None:
+        if _has_selection(args):
             found.append(_dois_of_selection(args))
     except (NotInMount, SelectionError) as e:
         print(f"idcfs: error: {e}", file=sys.stderr)
