@@ -54,6 +54,35 @@ def origin(n_series: int = 16):
         yield state
 
 
+@contextlib.contextmanager
+def empty_origin():
+    """An endpoint that answers every request with 404 and counts them: the mount's endpoint probe passes,
+    and a request for an object (which workloads over the tree alone must not make) fails and is counted."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", hits
+    finally:
+        server.shutdown()
+
+
 def series_of(state, modality: str) -> list[str]:
     return [s["crdc_series_uuid"] for s in state.series if s["Modality"] == modality]
 

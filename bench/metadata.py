@@ -1,7 +1,7 @@
 """Metadata workload over the full shipped index: mount time, ls, find, stat rate, daemon RSS.
 
-Browsing needs no object store, so the endpoints point at a closed local port:
-any request the tree made to the bucket would show up as errors.
+Browsing needs no object store, so the endpoints point at a local server that answers 404 to everything
+(bench.harness.empty_origin): any request the tree made to the bucket would fail and be counted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .harness import empty_origin
 
 
 def _idcfs(*args):
@@ -45,10 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--collection", default="nlst", help="collection walked by find")
     args = ap.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, empty_origin() as (closed, hits):
         mnt, cache = Path(tmp) / "mnt", Path(tmp) / "cache"
         mnt.mkdir()
-        closed = "http://127.0.0.1:9"
         mount_times = []
         for i in range(args.repeat):
             t = time.perf_counter()
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
             rows.append((f"stat {len(paths)} paths (kernel-cached)", dt, dt, dt, f"{len(paths) / dt:,.0f} stat/s"))
             rss = _rss_mb(mnt)
             rows.append(("daemon RSS after the above (MB)", rss, rss, rss, "goal ≤ 500 MB"))
+            probes = sum(1 for h in hits if h == "/")
+            assert len(hits) == probes, f"the tree made requests to the origin: {hits[:5]}"
         finally:
             _idcfs("unmount", mnt)
     print("| workload | median s | min | max | note |")

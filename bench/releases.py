@@ -7,7 +7,7 @@
 - `idcfs info` and `idcfs cite` on a mount, and `cite --manifest` with no mount; idc-index's
   citations_from_selection() beside it, which asks doi.org for every DOI (offline here, so it fails).
 
-Browsing needs no object store, so the endpoints point at a closed local port.
+No object store is read: the endpoints point at a local server that answers 404 to everything.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from pathlib import Path
 import duckdb
 import idc_index_data
 
+from .harness import empty_origin
+
 INDEX = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
 PRIOR = INDEX.with_name("prior_versions_index.parquet")
-CLOSED = "http://127.0.0.1:9"
 
 
 def _idcfs(*args) -> subprocess.CompletedProcess:
@@ -41,13 +42,13 @@ def _python(code: str) -> tuple[float, str]:
     return time.perf_counter() - t, (r.stdout.strip() or r.stderr.strip().splitlines()[-1])
 
 
-def _mount_times(flags: list, repeat: int, tmp: Path, name: str) -> tuple[list[float], str]:
+def _mount_times(flags: list, repeat: int, tmp: Path, name: str, endpoint: str) -> tuple[list[float], str]:
     mnt, cache = tmp / f"mnt-{name}", tmp / f"cache-{name}"
     mnt.mkdir()
     times, served = [], ""
     for _ in range(repeat + 1):  # the first is the cold one: no tree file in the cache directory yet
         t = time.perf_counter()
-        r = _idcfs("mount", mnt, "--cache-dir", cache, "--s3-endpoint", CLOSED, "--gcs-endpoint", CLOSED, *flags)
+        r = _idcfs("mount", mnt, "--cache-dir", cache, "--s3-endpoint", endpoint, "--gcs-endpoint", endpoint, *flags)
         times.append(time.perf_counter() - t)
         assert r.returncode == 0, r.stderr
         served = r.stderr.strip().splitlines()[-1]
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         f"SELECT crdc_series_uuid FROM read_parquet('{PRIOR}') WHERE max_idc_version = {args.release} LIMIT 1"
     ).fetchone()
     rows, results = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, empty_origin() as (endpoint, _hits):
         tmp = Path(tmp)
         manifest = tmp / "paper.txt"
         manifest.write_text(earlier + "\n")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
             "--manifest naming one earlier version": ["--manifest", manifest],
         }
         for name, flags in selections.items():
-            times, served = _mount_times(flags, args.repeat, tmp, re.sub(r"\W+", "-", name))
+            times, served = _mount_times(flags, args.repeat, tmp, re.sub(r"\W+", "-", name), endpoint)
             warm = times[1:]
             series = re.search(r"([\d,]+) series", served).group(1)
             results[name] = {"cold_s": times[0], "warm_s": warm, "served": served}
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         # info and cite on a mount of the whole index.
         mnt, cache = tmp / "mnt-info", tmp / "cache-index-release-v25-"
         mnt.mkdir()
-        r = _idcfs("mount", mnt, "--cache-dir", cache, "--s3-endpoint", CLOSED, "--gcs-endpoint", CLOSED)
+        r = _idcfs("mount", mnt, "--cache-dir", cache, "--s3-endpoint", endpoint, "--gcs-endpoint", endpoint)
         assert r.returncode == 0, r.stderr
         try:
             for label, cmd in (

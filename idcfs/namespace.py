@@ -418,7 +418,8 @@ class Namespace:
             LEFT JOIN (
                 SELECT SeriesInstanceUID{"".join(f", any_value({c}) AS {c}" for c in current)}
                        {", min(series_init_idc_version) AS init" if "series_init_idc_version" in self.columns else ""}
-                FROM current GROUP BY SeriesInstanceUID
+                FROM current WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM prior)  -- a third of the time
+                GROUP BY SeriesInstanceUID
             ) c USING (SeriesInstanceUID)"""
 
     @property
