@@ -173,11 +173,12 @@ def _dois_of(path: Path) -> tuple[dict[str, int], str]:
 
 
 def _dois_of_selection(args) -> tuple[dict[str, int], str]:
-    from .cli import _default_index, _selection
+    from .cli import _default_cache_dir, _default_index, _selection
     from .namespace import Namespace
 
     index = args.index or _default_index()
-    ns = Namespace(index, selection=_selection(args))
+    # The sorted selection is kept in the cache directory, as mounts keep it: the next cite or mount of it is quick.
+    ns = Namespace(index, selection=_selection(args), cache_dir=_default_cache_dir())
     return {k or "": v for k, v in ns.counts(0, "source_DOI").items()}, str(index)
 
 
