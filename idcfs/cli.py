@@ -83,9 +83,8 @@ def _add_selection_flags(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _has_selection(args) -> bool:
-    return bool(args.manifest is not None or args.filter is not None or args.collection or args.license) or (
-        args.idc_version is not None
-    )
+    given = (args.manifest, args.filter, args.idc_version)
+    return any(v is not None for v in given) or bool(args.collection or args.license)
 
 
 def _selection(args):
@@ -582,10 +581,8 @@ def cmd_prefetch(args) -> int:
     from .prefetch import warm_paths, warm_series
 
     if bool(args.paths) == _has_selection(args):
-        print(
-            "idcfs: error: give paths inside a mount, or a selection (--manifest/--filter/--collection), not both",
-            file=sys.stderr,
-        )
+        what = ", not both" if args.paths else " (--manifest/--filter/--collection/--license/--idc-version)"
+        print(f"idcfs: error: give paths inside a mount or a selection{what}", file=sys.stderr)
         return EXIT_USAGE
     if args.jobs < 1:
         print("idcfs: error: --jobs must be at least 1", file=sys.stderr)
