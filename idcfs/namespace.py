@@ -204,7 +204,7 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # The tree
 
-TREE_FORMAT = 3
+TREE_FORMAT = 4
 METADATA_CACHE_SIZE = 4096  # series whose xattr values are kept
 
 
@@ -291,6 +291,9 @@ class Namespace:
                 raise SelectionError(f"invalid selection: {_one_line(e)}") from None
             if isinstance(table, pa.RecordBatchReader):
                 table = table.read_all()
+            for c in SUMMARY_COLUMNS:  # stored as codes: a mapped tree then pages in 4 bytes a series, not strings
+                i = table.schema.get_field_index(c)
+                table = table.set_column(i, c, table.column(c).combine_chunks().dictionary_encode())
             _save_tree(cached, table)
         if table.num_rows == 0:
             raise SelectionError(
@@ -546,7 +549,7 @@ class Namespace:
         # Summary columns as dictionary codes (-1 for NULL), so a subtree's counts are one bincount.
         self._summary: dict[str, tuple[list, np.ndarray]] = {}
         for c in SUMMARY_COLUMNS:
-            enc = table.column(c).combine_chunks().dictionary_encode()
+            enc = table.column(c).combine_chunks()  # dictionary-encoded when the tree was made
             codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
             self._summary[c] = (enc.dictionary.to_pylist(), codes)
         self._uuid = table.column("crdc_series_uuid").combine_chunks()
