@@ -59,12 +59,13 @@ class Engine:
             return (await self.listings.files_of(dir_id)).get(name)
         return self.ns.lookup(dir_id, name)
 
-    async def children(self, dir_id: int, start: int = 0) -> list[tuple[str, Node]]:
-        """The entries of a directory from the start-th on, in name order."""
+    async def children(self, dir_id: int, start: int = 0, count: int | None = None) -> list[tuple[str, Node]]:
+        """The entries of a directory from the start-th on (at most count of them), in name order."""
         if self.ns.is_leaf(dir_id):
             await self.listings.files_of(dir_id)
-            return [(f.name, f) for f in self.listings.in_order(dir_id)[start:]]
-        return self.ns.subdirs(dir_id, start)
+            files = self.listings.in_order(dir_id)
+            return [(f.name, f) for f in files[start : None if count is None else start + count]]
+        return self.ns.subdirs(dir_id, start, count)
 
     async def resolve(self, parts: list[str]) -> Node:
         """The node at a path given as its components; FileNotFoundError or NotADirectoryError."""

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 XATTR_PREFIX = "user.idc."  # user.idc.stats on the root holds the mount's counters as JSON
 # Content under a crdc UUID never changes, so the kernel may cache for long.
 TIMEOUT = 3600.0
+READDIR_BATCH = 256  # entries taken from the tree per step of a readdir call
 
 
 def _boundary(fn):
@@ -156,9 +157,17 @@ class IdcOperations(pyfuse3.Operations):
 
     @_boundary
     async def readdir(self, fh, start_id, token):
-        for i, (name, node) in enumerate(await self.engine.children(self._dir_id(fh), start_id), start_id):
-            if not pyfuse3.readdir_reply(token, name.encode(), self._node_attr(node), i + 1):
+        # The kernel's buffer takes about a hundred entries per call, and a listing is read in many calls:
+        # taking entries in batches keeps `ls` of 26,410 patients linear instead of quadratic.
+        dir_id = self._dir_id(fh)
+        while True:
+            entries = await self.engine.children(dir_id, start_id, READDIR_BATCH)
+            for i, (name, node) in enumerate(entries, start_id):
+                if not pyfuse3.readdir_reply(token, name.encode(), self._node_attr(node), i + 1):
+                    return
+            if len(entries) < READDIR_BATCH:
                 return
+            start_id += len(entries)
 
     @_boundary
     async def releasedir(self, fh):

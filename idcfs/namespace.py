@@ -599,13 +599,15 @@ class Namespace:
         lo = self._child_lo[level]
         return int(lo[group]), int(lo[group + 1])
 
-    def subdirs(self, dir_id: int, start: int = 0) -> list[tuple[str, int]]:
-        """(name, dir_id) of the subdirectories, from the start-th on."""
+    def subdirs(self, dir_id: int, start: int = 0, count: int | None = None) -> list[tuple[str, int]]:
+        """(name, dir_id) of the subdirectories, from the start-th on (at most count of them)."""
         level, group = self.dir_of(dir_id)
         if level == self.depth - 1:
             return []
         lo, hi = self._children_range(level, group)
         lo = min(lo + start, hi)
+        if count is not None:
+            hi = min(hi, lo + count)
         names = self.names[level + 1].slice(lo, hi - lo).to_pylist()
         base = self.dir_id(level + 1, lo)
         return [(name, base + i) for i, name in enumerate(names)]

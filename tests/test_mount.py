@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from .conftest import (
+    INDEX,
     by_modality,
     files_under,
     idcfs,
@@ -271,7 +273,12 @@ def test_cohort_views(mount, sandbox, tmp_path):
 def test_full_index_browse(mount, sandbox):
     mnt = mount(manifest=False)
     assert len(os.listdir(mnt)) == 179
-    assert len(os.listdir(mnt / "nlst")) == 26410
+    # Many readdir calls, each served in batches: exactly the index's patients, in order, once each.
+    (want,) = duckdb.execute(
+        "SELECT list(DISTINCT PatientID ORDER BY PatientID) FROM read_parquet(?) WHERE collection_id = 'nlst'",
+        [str(INDEX)],
+    ).fetchone()
+    assert len(want) == 26410 and os.listdir(mnt / "nlst") == want
     assert "ZZ RIDER MR8 1" in os.listdir(mnt / "rider_phantom_mri")
     # A series of the sandbox, found through the full tree.
     d = series_dir(mnt, "af22bfc6-52aa-4202-a34e-3a65994dc3c7", sandbox)

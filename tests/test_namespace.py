@@ -70,6 +70,10 @@ def test_readdir_offsets(small_index):
     whole = ns.subdirs(0)
     assert ns.subdirs(0, 1) == whole[1:]
     assert ns.subdirs(0, len(whole)) == []
+    # Windows of a readdir, put together, are the whole listing.
+    for count in (1, 2, 3):
+        assert [e for start in range(0, len(whole), count) for e in ns.subdirs(0, start, count)] == whole
+    assert ns.subdirs(0, len(whole) - 1, 10) == whole[-1:]
 
 
 def test_selection(small_index, tmp_path):
