@@ -231,8 +231,9 @@ class IdcFileSystem(AbstractFileSystem):
             index,
             cache_dir,
             cache_size,
-        ) = self._options[:-2]
-        memory, timeout = self._options[-2:]
+            memory,
+            timeout,
+        ) = self._options
         drop_credentials()
         parent = _inherited.get(self._options)
         if parent is not None and parent.engine is not None:
