@@ -268,6 +268,7 @@ class Namespace:
         self.depth = len(level_sql)
         selection = selection or Selection()
         self._metadata: dict[str, dict[str, str]] = {}
+        self._summaries: dict[int, dict[str, str]] = {}
         # What `idx` is: the index's own release, or release N from the index plus prior_versions_index.
         self._view_statements = ["CREATE VIEW idx AS SELECT * FROM current"]
         self._connection, self._pid = self._connect(), os.getpid()
@@ -665,10 +666,17 @@ class Namespace:
     def summary(self, dir_id: int) -> dict[str, str]:
         """What a directory's subtree holds: series, licenses and source DOIs with their series counts (JSON;
         a missing value is counted under "")."""
-        out = {"series_count": str(len(self.rows_in(dir_id)))}
-        for column, key in (("license_short_name", "licenses"), ("source_DOI", "source_DOIs")):
-            out[key] = json.dumps({k or "": v for k, v in self.counts(dir_id, column).items()})
-        return out
+        # Kept: counting the root's million rows takes about 13 ms on the mount's one trio thread, and every
+        # getxattr of a directory (each name of a `getfattr -d`, each `idcfs stats`) asks again.
+        out = self._summaries.get(dir_id)
+        if out is None:
+            out = {"series_count": str(len(self.rows_in(dir_id)))}
+            for column, key in (("license_short_name", "licenses"), ("source_DOI", "source_DOIs")):
+                out[key] = json.dumps({k or "": v for k, v in self.counts(dir_id, column).items()})
+            if len(self._summaries) >= METADATA_CACHE_SIZE:
+                self._summaries.clear()
+            self._summaries[dir_id] = out
+        return dict(out)  # a fresh dict the caller may extend
 
     def series_metadata(self, crdc_series_uuid: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, str]:
         """Index columns of one series, for the user.idc.* xattrs (a fresh dict the caller may extend).
