@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test lint bench bench-deps soak system-deps clean
+.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -15,11 +15,22 @@ system-deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev pkg-config attr systemd >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml | system-deps
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+# The locked set (every package pinned, with hashes): what demo and test run on. The wheel check (.ci/wheel-check)
+# tests the other set, the newest versions pyproject allows, as a plain `pip install idcfs` gets them.
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK) | system-deps
+	rm -rf $(VENV) && python3 -m venv $(VENV)
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
+
+# uv resolves for every Python and platform pyproject admits in one file (pip-compile resolves for the
+# running interpreter only), and in seconds.
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --generate-hashes --upgrade \
+		--custom-compile-command "make lock" -q -o $(LOCK)
 
 demo: $(VENV)/.installed
 	@mkdir -p .sandbox $(DEMO_DIR)
@@ -33,7 +44,7 @@ demo: $(VENV)/.installed
 		--s3-endpoint $$($(PY) -c "import json;print(json.load(open('$(DEMO_STATE)'))['s3_endpoint'])") \
 		--gcs-endpoint $$($(PY) -c "import json;print(json.load(open('$(DEMO_STATE)'))['gcs_endpoint'])")
 	@echo "== the tree at ./$(DEMO_DIR) (series level)"; find $(DEMO_DIR) -mindepth 4 -maxdepth 4 | sort
-	@$(PY) -c "import pathlib, pydicom; f = sorted(pathlib.Path('$(DEMO_DIR)').rglob('*.dcm'))[0]; print('== header of', f); print(pydicom.dcmread(f, stop_before_pixels=True))" | head -40
+	@$(PY) -c "import pathlib, pydicom; f = sorted(pathlib.Path('$(DEMO_DIR)').rglob('*.dcm'))[0]; print('== header of', f); print(*str(pydicom.dcmread(f, stop_before_pixels=True)).splitlines()[:40], sep='\n')"
 	@echo "== stop with: make demo-stop"
 
 demo-stop:

@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--release", type=int, default=18, help="the earlier release to mount (default 18)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("releases.json"))
     args = ap.parse_args(argv)
-    (earlier,) = duckdb.execute(
+    [(earlier,)] = duckdb.execute(
         f"SELECT crdc_series_uuid FROM read_parquet('{PRIOR}') WHERE max_idc_version = {args.release} LIMIT 1"
-    ).fetchone()
+    ).fetchall()
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp, empty_origin() as (endpoint, _hits):
         tmp = Path(tmp)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -116,13 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider to read (default aws)")
     m.add_argument(
         "--s3-endpoint",
-        default=os.environ.get("IDCFS_S3_ENDPOINT"),
         metavar="URL",
         help="S3 endpoint (env IDCFS_S3_ENDPOINT; default https://s3.amazonaws.com)",
     )
     m.add_argument(
         "--gcs-endpoint",
-        default=os.environ.get("IDCFS_GCS_ENDPOINT"),
         metavar="URL",
         help="GCS endpoint (env IDCFS_GCS_ENDPOINT; default https://storage.googleapis.com)",
     )
@@ -214,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_flags(pf, "warm")
     pf.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
     pf.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider (default aws)")
-    pf.add_argument("--s3-endpoint", default=os.environ.get("IDCFS_S3_ENDPOINT"), metavar="URL")
-    pf.add_argument("--gcs-endpoint", default=os.environ.get("IDCFS_GCS_ENDPOINT"), metavar="URL")
+    pf.add_argument("--s3-endpoint", metavar="URL", help="as for mount")
+    pf.add_argument("--gcs-endpoint", metavar="URL", help="as for mount")
     pf.add_argument("--index", type=Path, default=None, metavar="PARQUET")
     pf.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="as for mount (default 30)")
     pf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -261,11 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_url(name: str, url: str | None) -> None:
     if url is None:
         return
-    from urllib.parse import urlparse
+    from .store import endpoint_problem
 
-    u = urlparse(url)
-    if u.scheme not in ("http", "https") or not u.netloc:
-        raise UsageError(f"bad {name} {url!r}: give an http:// or https:// URL")
+    problem = endpoint_problem(url)
+    if problem:
+        raise UsageError(f"bad {name} {url!r}: {problem} (e.g. http://127.0.0.1:9000)")
 
 
 def _check_cache_dir(path: Path) -> Path:
@@ -298,8 +295,12 @@ def _size_arg(flag: str, text: str, minimum_mb: int, zero_turns_off: str | None 
 
 def _validate_origin_args(args) -> None:
     """Endpoints, cache directory, index and manifest: shared by mount and prefetch."""
-    _check_url("--s3-endpoint", args.s3_endpoint)
-    _check_url("--gcs-endpoint", args.gcs_endpoint)
+    for attr, env in (("s3_endpoint", "IDCFS_S3_ENDPOINT"), ("gcs_endpoint", "IDCFS_GCS_ENDPOINT")):
+        name = "--" + attr.replace("_", "-")
+        if getattr(args, attr) is None and os.environ.get(env):  # an empty variable counts as unset
+            setattr(args, attr, os.environ[env])
+            name = env
+        _check_url(name, getattr(args, attr))
     args.cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
     if args.index is not None and not args.index.is_file():
         raise UsageError(f"--index {args.index} is not a file")
@@ -329,42 +330,17 @@ def _validate_mount_args(args) -> None:
 
 
 def _daemonize(argv: list[str], args) -> int:
-    """Run `idcfs mount --foreground` in a new session; wait until it says ready."""
-    read_fd, write_fd = os.pipe()
-    log_path = args.log_file or args.cache_dir / "idcfs.log"
-    child_argv = [sys.executable, "-m", "idcfs", *argv, "--foreground", "--ready-fd", str(write_fd)]
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(
-            child_argv,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=logf,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as r:
-        message = r.read().strip()
-    if message.startswith("ready"):
-        print(f"idcfs: {message[5:].strip()}", file=sys.stderr)
-        return 0
-    if message.startswith("usage:"):
-        print(f"idcfs: error: {message[6:].strip()}", file=sys.stderr)
-        proc.wait()
-        return EXIT_USAGE
-    rc = proc.wait()
-    print(f"idcfs: error: {message or f'mount failed (exit {rc})'}; log: {log_path}", file=sys.stderr)
-    return 1
+    """Run `idcfs mount --foreground` in a new session; wait, bounded, until it says ready."""
+    from .daemon import ready_timeout, start
 
-
-def _report(fd: int | None, message: str) -> None:
-    if fd is None:
-        return
     try:
-        os.write(fd, (message + "\n").encode())
-        os.close(fd)
-    except OSError:
-        pass
+        timeout = ready_timeout()
+    except ValueError as e:
+        print(f"idcfs: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    started = start(argv, args.log_file or args.cache_dir / "idcfs.log", args.mountpoint, timeout)
+    print(started.line, file=sys.stderr)
+    return started.status
 
 
 def _setup_logging(level: str) -> None:
@@ -372,17 +348,29 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_mount(args, argv: list[str]) -> int:
+    from .daemon import Pipe
+
     _setup_logging(args.log_level)
+    pipe = Pipe(args.ready_fd)
     try:
         _validate_mount_args(args)
     except UsageError as e:
-        if args.ready_fd is not None:
-            _report(args.ready_fd, f"usage: {e}")
+        pipe.usage(str(e))
         print(f"idcfs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if not args.foreground:
         return _daemonize(argv, args)
+    try:
+        return _serve_mount(args, pipe)
+    except Exception as e:  # the cause goes to `idcfs mount` in one line, the traceback to the log
+        log.exception("mount failed")
+        cause = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        pipe.failed(cause)
+        print(f"idcfs: error: mount failed: {cause}", file=sys.stderr)
+        return 1
 
+
+def _serve_mount(args, pipe) -> int:
     from .namespace import DEFAULT_TEMPLATE, Namespace, SelectionError
     from .store import ObjectStore, drop_credentials
 
@@ -393,11 +381,12 @@ def cmd_mount(args, argv: list[str]) -> int:
     # Importing s3fs/gcsfs and building the client takes up to a second: do it while the tree loads,
     # not on the first `ls` of a series.
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
+    pipe.phase("loading the tree from the index")
     try:
         index = args.index or _default_index()
         ns = Namespace(index, args.template or DEFAULT_TEMPLATE, _selection(args), cache_dir=args.cache_dir)
     except SelectionError as e:
-        _report(args.ready_fd, f"usage: {e}")
+        pipe.usage(str(e))
         print(f"idcfs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     log.info("namespace: %d series, %d directories in %.2fs", ns.num_series, ns.num_dirs, time.monotonic() - t0)
@@ -407,19 +396,21 @@ def cmd_mount(args, argv: list[str]) -> int:
     from .fs import IdcOperations
     from .mount import notify_systemd, serve
 
+    pipe.phase(f"opening the cache directory {args.cache_dir}")
     try:
         cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
     except Exception as e:  # a damaged SQLite file, a full disk at start
         msg = f"cache directory {args.cache_dir} is not usable ({e}): pass another --cache-dir or delete it"
-        _report(args.ready_fd, f"usage: {msg}")
+        pipe.usage(msg)
         print(f"idcfs: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    pipe.phase("waiting for the origins to answer")
     problem = _origin_problem(store, probes, explicit={"aws": args.s3_endpoint, "gcs": args.gcs_endpoint})
     if problem and cache.meta.has_listings():  # offline use: what was listed before is served from the cache
         log.warning("%s; serving what the cache holds", problem)
     elif problem:
         cache.close()
-        _report(args.ready_fd, f"usage: {problem}")
+        pipe.usage(problem)
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
@@ -429,17 +420,18 @@ def cmd_mount(args, argv: list[str]) -> int:
 
     def ready():
         log.info("mounted %s at %s (%.2fs): %s", index, args.mountpoint, time.monotonic() - t0, served)
-        _report(args.ready_fd, f"ready {served}")
         if args.ready_fd is None:
             print(f"idcfs: {served}", file=sys.stderr, flush=True)
             notify_systemd(f"READY=1\nSTATUS={served} at {args.mountpoint}")
         else:
+            pipe.ready(served)
             os.dup2(os.open(os.devnull, os.O_RDWR), 0)
 
+    pipe.phase(f"mounting {args.mountpoint} with FUSE")
     try:
         serve(ops, args.mountpoint, on_ready=ready, allow_other=args.allow_other, fsname=args.fsname)
     except RuntimeError as e:  # pyfuse3.init failure
-        _report(args.ready_fd, f"cannot mount: {e}")
+        pipe.failed(f"cannot mount {args.mountpoint}: {e}")
         print(f"idcfs: error: cannot mount {args.mountpoint}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -187,8 +187,8 @@ class IdcFileSystem(AbstractFileSystem):
 
         if source not in ("aws", "gcs"):
             raise ValueError(f"bad source {source!r}: give 'aws' or 'gcs'")
-        s3_endpoint = s3_endpoint or os.environ.get("IDCFS_S3_ENDPOINT")
-        gcs_endpoint = gcs_endpoint or os.environ.get("IDCFS_GCS_ENDPOINT")
+        s3_endpoint = s3_endpoint or os.environ.get("IDCFS_S3_ENDPOINT") or None
+        gcs_endpoint = gcs_endpoint or os.environ.get("IDCFS_GCS_ENDPOINT") or None
         _check_url("s3_endpoint", s3_endpoint)
         _check_url("gcs_endpoint", gcs_endpoint)
         if not 1 <= float(timeout) <= 600:

@@ -77,10 +77,12 @@ class Index:
         Returns a pyarrow Table (.to_pandas(), .to_pylist()). The SQL can read nothing but the index.
         """
         try:
-            result = self._con.execute(query, params or []).arrow()
+            relation = self._con.sql(query, params=params or None)
+            if relation is None:  # a statement, not a query
+                raise ValueError("it returns no rows: give a query, e.g. SELECT * FROM index")
+            return relation.to_arrow_table()
         except Exception as e:  # duckdb's errors: syntax, binder, catalog
             raise ValueError(f"invalid SQL: {_one_line(e)}") from None
-        return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
 
     def paths(self, where: str = "TRUE", params: Sequence | None = None) -> list[str]:
         """Series directory paths whose index row satisfies a WHERE condition, in tree order."""

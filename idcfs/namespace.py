@@ -287,11 +287,9 @@ class Namespace:
         table = _load_tree(cached)
         if table is None:
             try:
-                table = con.execute(query, params).arrow()
+                table = con.sql(query, params=params).to_arrow_table()
             except duckdb.Error as e:
                 raise SelectionError(f"invalid selection: {_one_line(e)}") from None
-            if isinstance(table, pa.RecordBatchReader):
-                table = table.read_all()
             for c in SUMMARY_COLUMNS:  # stored as codes: a mapped tree then pages in 4 bytes a series, not strings
                 i = table.schema.get_field_index(c)
                 table = table.set_column(i, c, table.column(c).combine_chunks().dictionary_encode())
@@ -351,16 +349,16 @@ class Namespace:
         versions = _sibling(self.index_path, VERSIONS_FILE)
         if versions is not None:
             try:
-                (v,) = duckdb.execute(
+                [(v,)] = duckdb.execute(
                     f"SELECT max(idc_version) FROM read_parquet({_sql_str(str(versions))})"
-                ).fetchone()
+                ).fetchall()
                 if v is not None:
                     return int(v)
             except duckdb.Error as e:
                 log.warning("ignoring %s: %s", versions, _one_line(e))
         if "series_revised_idc_version" not in self.columns:
             return None
-        (v,) = self._con.execute("SELECT max(series_revised_idc_version) FROM current").fetchone()
+        [(v,)] = self._con.execute("SELECT max(series_revised_idc_version) FROM current").fetchall()
         return None if v is None else int(v)
 
     def _need_prior(self, why: str) -> None:
@@ -534,11 +532,12 @@ class Namespace:
             "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)) "
             "GROUP BY 1 HAVING count(*) > 1 LIMIT 1",
             [uuids, uids],
-        ).fetchone()
+        ).fetchall()
         if twice:
+            [(uid, versions)] = twice
             raise SelectionError(
-                f"--manifest {manifest} names {len(twice[1])} versions of series {twice[0]} "
-                f"({', '.join(twice[1])}): one directory holds one version; keep one of them"
+                f"--manifest {manifest} names {len(versions)} versions of series {uid} "
+                f"({', '.join(versions)}): one directory holds one version; keep one of them"
             )
         params += [uuids, uids]
         return "(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))"
@@ -687,13 +686,14 @@ class Namespace:
         meta = self._metadata.get(crdc_series_uuid)
         if meta is None:
             cols = [c for c in XATTR_COLUMNS if c in self.columns]
-            row = (
+            rows = (
                 (con or self._con)
-                .execute(f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ?", [crdc_series_uuid])
-                .fetchone()
+                .execute(f"SELECT {', '.join(cols)} FROM idx WHERE crdc_series_uuid = ? LIMIT 1", [crdc_series_uuid])
+                .fetchall()
             )
-            if row is None:
+            if not rows:
                 return {}
+            (row,) = rows
             meta = {c: "" if v is None else str(v) for c, v in zip(cols, row, strict=True)}
             meta["idc_version"] = self.idc_version
             if len(self._metadata) >= METADATA_CACHE_SIZE:

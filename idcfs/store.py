@@ -6,8 +6,10 @@ from worker threads. It knows nothing of FUSE or of the directory tree.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -51,6 +53,51 @@ def drop_credentials() -> None:
     os.environ["NO_GCE_CHECK"] = "true"
     # gcsfs's default class probes buckets over gRPC, which hangs against emulators.
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<name>[^\[\]:]*))(?::(?P<port>.*))?", re.DOTALL)
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` cannot be an origin endpoint, or None: http(s)://HOST[:PORT][/PATH], nothing else.
+
+    Checked before anything starts, so that no value reaches a client that would fail on it later.
+    """
+    if not url or any(c.isspace() or not c.isprintable() for c in url):
+        return "it is empty or holds spaces or control characters"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return "give an http:// or https:// URL"
+    netloc, _, tail = rest.partition("/")
+    if "?" in netloc or "#" in netloc or "?" in tail or "#" in tail:
+        return "it holds a query or fragment"
+    if "@" in netloc:
+        return "it holds a user or password, and idcfs sends only unsigned requests"
+    m = _HOST_PORT.fullmatch(netloc)
+    if m is None:
+        return "its host has a stray [ or ]: write an IPv6 address as [::1]"
+    if m["port"] is not None and not (m["port"].isascii() and m["port"].isdigit() and 0 < int(m["port"]) < 65536):
+        return f"port {m['port']!r} is not a number from 1 to 65535"
+    if m["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(m["v6"])
+        except ValueError:
+            return f"[{m['v6']}] is not an IPv6 address"
+        return None
+    host = m["name"]
+    if not host:
+        return "it names no host"
+    labels = host.removesuffix(".").split(".")
+    if all(x.isascii() and x.isdigit() for x in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host} is not an IPv4 address"
+        return None
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels):
+        return f"{host!r} is not a host name (letters, digits and hyphens; IDNA names as xn--…)"
+    return None
 
 
 def unanswered(endpoint: str, timeout: float = 3.0) -> str | None:

@@ -274,10 +274,10 @@ def test_full_index_browse(mount, sandbox):
     mnt = mount(manifest=False)
     assert len(os.listdir(mnt)) == 179
     # Many readdir calls, each served in batches: exactly the index's patients, in order, once each.
-    (want,) = duckdb.execute(
+    [(want,)] = duckdb.execute(
         "SELECT list(DISTINCT PatientID ORDER BY PatientID) FROM read_parquet(?) WHERE collection_id = 'nlst'",
         [str(INDEX)],
-    ).fetchone()
+    ).fetchall()
     assert len(want) == 26410 and os.listdir(mnt / "nlst") == want
     assert "ZZ RIDER MR8 1" in os.listdir(mnt / "rider_phantom_mri")
     # A series of the sandbox, found through the full tree.

@@ -42,15 +42,15 @@ def _leaves(root: Path) -> list[Path]:
 def test_earlier_release_mount_shows_and_reads_the_old_version(mount, sandbox):
     old, new = _two_versions(sandbox)
     assert old["crdc_series_uuid"] != new["crdc_series_uuid"]
-    (lo, hi), (revised,) = (
+    [(lo, hi)], [(revised,)] = (
         duckdb.execute(
             "SELECT min(min_idc_version), max(max_idc_version) FROM read_parquet(?) WHERE crdc_series_uuid = ?",
             [str(PRIOR), old["crdc_series_uuid"]],
-        ).fetchone(),
+        ).fetchall(),
         duckdb.execute(
             "SELECT series_revised_idc_version FROM read_parquet(?) WHERE crdc_series_uuid = ?",
             [str(INDEX), new["crdc_series_uuid"]],
-        ).fetchone(),
+        ).fetchall(),
     )
     assert hi + 1 == revised  # the sandbox seeds a series revised between two releases
     only = f"SeriesInstanceUID = '{old['SeriesInstanceUID']}'"
@@ -79,10 +79,10 @@ def test_earlier_release_mount_shows_and_reads_the_old_version(mount, sandbox):
 def test_earlier_release_holds_what_that_release_served(mount, sandbox):
     old, new = _two_versions(sandbox)
     collection = old["collection_id"]
-    (hi,) = duckdb.execute(
+    [(hi,)] = duckdb.execute(
         "SELECT max(max_idc_version) FROM read_parquet(?) WHERE crdc_series_uuid = ?",
         [str(PRIOR), old["crdc_series_uuid"]],
-    ).fetchone()
+    ).fetchall()
     # Independently: series whose current version existed by release hi, plus versions hi served that
     # later releases revised or removed; laid out as `idc download` would.
     cols = "collection_id || '/' || PatientID || '/' || StudyInstanceUID || '/' || Modality || '_' || SeriesInstanceUID"
