@@ -55,6 +55,12 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check idcfs tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# idcfs as users install it: the wheel, no extras, the newest versions pyproject allows (pip), checked against
+# the sandbox origin; then the lowest versions (uv, lowest-direct), which proves the lower bounds.
+wheel-check: $(VENV)/.installed
+	$(PY) tests/wheel_check.py
+	$(PY) tests/wheel_check.py --lowest
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format idcfs tests bench
 	$(VENV)/bin/ruff check --fix idcfs tests bench

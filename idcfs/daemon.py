@@ -92,6 +92,14 @@ def start(argv: list[str], log_path: Path, mountpoint: Path, timeout: float) -> 
             start_new_session=True,
         )
     os.close(write_fd)
+    try:
+        return _wait(proc, read_fd, log_path, log_start, mountpoint, timeout)
+    except KeyboardInterrupt:
+        _stop(proc, mountpoint)
+        return Started(130, "idcfs: interrupted: stopped the daemon, nothing is mounted")
+
+
+def _wait(proc, read_fd: int, log_path: Path, log_start: int, mountpoint: Path, timeout: float) -> Started:
     phase, last, buf = "starting", None, b""
     deadline = time.monotonic() + timeout
     with os.fdopen(read_fd, "rb", buffering=0) as r:
@@ -122,6 +130,9 @@ def start(argv: list[str], log_path: Path, mountpoint: Path, timeout: float) -> 
         return Started(2, f"idcfs: error: {last[6:].strip()}")
     if last is not None and last.startswith("failed:"):
         cause = last[7:].strip()
+        said = [x for x in _new_log(log_path, log_start) if x.startswith("fuse: ")]  # libfuse's own reason
+        if said:
+            cause += f" ({said[-1]})"
     else:  # it died without a word: a crash in C, a signal, or an exception before the pipe was set up
         rc = proc.wait()
         died = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"

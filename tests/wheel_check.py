@@ -43,7 +43,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_uncached(path: Path) -> bytes:
+def _read_uncached(path: Path) -> bytes:  # as idcfs.sandbox's, which needs the sandbox extra to import
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -263,12 +263,20 @@ def _check_wheel(wheel: Path) -> None:
         assert name in entry_points, f"{name} is not in entry_points.txt"
 
 
+def _requires(wheel: Path) -> list[str]:
+    """The wheel's requirements without extras."""
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    reqs = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    return [r for r in reqs if "extra ==" not in r]
+
+
 def _install(venv: Path, wheel: Path, lowest: bool, log) -> None:
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = venv / "bin" / "python"
-    if lowest:
+    if lowest:  # idcfs's own requirements named directly, so that each takes its lower bound
         uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
-        cmd = [uv, "pip", "install", "--python", python, "--resolution", "lowest-direct", wheel]
+        cmd = [uv, "pip", "install", "--python", python, "--resolution", "lowest-direct", wheel, *_requires(wheel)]
     else:
         subprocess.run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True, stdout=log)
         cmd = [python, "-m", "pip", "install", wheel]  # no extras, newest allowed versions
