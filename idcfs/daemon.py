@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 READY_TIMEOUT_ENV = "IDCFS_READY_TIMEOUT"
@@ -70,11 +71,13 @@ def ready_timeout() -> float:
     return value
 
 
+@dataclass(frozen=True)
 class Started:
-    """How a daemon start ended: status 0 (ready), 2 (bad input) or 1, and the line to print."""
+    """How a daemon start ended: exit status 0 (ready), 2 (bad input), 130 (interrupted) or 1, and the line
+    to print."""
 
-    def __init__(self, status: int, line: str):
-        self.status, self.line = status, line
+    status: int
+    line: str
 
 
 def start(argv: list[str], log_path: Path, mountpoint: Path, timeout: float) -> Started:
@@ -110,7 +113,7 @@ def _wait(proc, read_fd: int, log_path: Path, log_start: int, mountpoint: Path, 
                 _stop(proc, mountpoint)
                 return Started(
                     1,
-                    f"the daemon was not ready after {timeout:g} s (it was {phase}{doing}); stopped it "
+                    f"idcfs: error: the daemon was not ready after {timeout:g} s (it was {phase}{doing}); stopped it "
                     f"(set {READY_TIMEOUT_ENV} to wait longer); log: {log_path}",
                 )
             chunk = r.read(4096)

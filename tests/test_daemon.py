@@ -71,7 +71,8 @@ def test_a_daemon_that_is_not_ready_in_time_is_stopped(sandbox, tmp_path, held_c
     r = idcfs(*_args(sandbox, mnt, held_cache), env=env)
     took = time.monotonic() - t
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "not ready after 3 s" in r.stderr and "opening the cache directory" in r.stderr, r.stderr
+    assert r.stderr.startswith("idcfs: error: the daemon was not ready after 3 s"), r.stderr
+    assert "(it was opening the cache directory" in r.stderr, r.stderr
     assert "diskcache" in r.stderr and "stopped it" in r.stderr and "IDCFS_READY_TIMEOUT" in r.stderr, r.stderr
     assert took < 15, took
     assert not os.path.ismount(mnt) and not _daemons(mnt)

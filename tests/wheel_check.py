@@ -331,12 +331,16 @@ def outside(lowest: bool, keep: bool) -> int:
     try:
         with open(log_path, "w") as log:
             _step("building the wheel")
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", work / "dist", REPO],
-                check=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            build = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", work / "dist", REPO],
+                capture_output=True,
+                text=True,
             )
+            log.write(build.stdout + build.stderr)
+            warned = [x.strip() for x in (build.stdout + build.stderr).splitlines() if "Deprecat" in x]
+            if build.returncode != 0 or warned:
+                print(build.stdout[-3000:] + build.stderr[-3000:])
+                raise SystemExit(f"wheel check FAILED: building the wheel {warned[0] if warned else 'failed'}")
             (wheel,) = (work / "dist").glob("idcfs-*.whl")
             _check_wheel(wheel)
             _step(f"installing {wheel.name} with no extras, at the {kind}, into a fresh virtualenv")
