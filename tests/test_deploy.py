@@ -289,6 +289,31 @@ def test_dockerfile_lints():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_dockerfile_build_stage_has_what_the_wheel_needs(tmp_path):
+    """The build stage's COPY lines, done by hand: the wheel builds from exactly what they copy."""
+    src = tmp_path / "src"
+    for line in (PACKAGING / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            *sources, dest = line.split()[1:]
+            for name in sources:
+                target = tmp_path / dest.lstrip("/") / (Path(name).name if dest.endswith("/") else "")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+                copy(REPO / name, target)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheels"), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    import zipfile
+
+    (wheel,) = (tmp_path / "wheels").glob("idcfs-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the image's wheel has no LICENSE"
+    assert "idcfs/py.typed" in names
+
+
 def test_kubernetes_manifests_validate():
     import yaml
 
