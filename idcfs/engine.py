@@ -12,6 +12,7 @@ import logging
 
 import trio
 
+from .background import Background, failpoint
 from .cache import CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
@@ -41,10 +42,12 @@ class Engine:
         self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory, meta)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._flushed: dict[str, int] = {}
+        self.background: Background | None = None  # set by attach()
 
     def attach(self, nursery: trio.Nursery) -> None:
-        self.reader.attach(nursery)
-        nursery.start_soon(self._flush_counters_every, 10.0)
+        self.background = Background(nursery)
+        self.reader.attach(self.background)
+        self.background.start_soon(self._flush_counters_every, 10.0)
 
     def close(self) -> None:
         self.flush_counters()
@@ -133,6 +136,7 @@ class Engine:
             "failovers": self.store.failovers,
             "origin_errors": self.store.errors,
             "files_known": len(self.listings.files),
+            "background_errors": self.background.errors if self.background else 0,
         }
 
     def flush_counters(self) -> None:
@@ -147,6 +151,7 @@ class Engine:
         while True:
             await trio.sleep(seconds)
             try:
+                failpoint("flush")
                 await trio.to_thread.run_sync(self.flush_counters)
             except Exception as e:
                 log.warning("cannot save counters: %s", e)

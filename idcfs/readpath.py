@@ -43,6 +43,7 @@ from collections import OrderedDict
 
 import trio
 
+from .background import Background, failpoint
 from .cache import WHOLE_FILE, BlockCache, MetaCache, block_key, block_size
 from .listing import InstanceFile
 from .store import ObjectStore, StoreError
@@ -184,7 +185,7 @@ class Reader:
         self.disk = trio.CapacityLimiter(16)
         self.memory = _Memory(memory)
         self.max_window = min(MAX_WINDOW, memory // 4)  # readahead must not evict itself before it is read
-        self.nursery: trio.Nursery | None = None  # set by attach(); background GETs and cache writes run there
+        self.background: Background | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
         self._series: OrderedDict[int, _DirReads] = OrderedDict()
         self._prefetching = 0  # bytes of series prefetch in flight
@@ -205,15 +206,16 @@ class Reader:
         """Bytes fetched and not yet written to the disk cache."""
         return self._unstored
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
+    def attach(self, background: Background) -> None:
+        self.background = background
         if self.cache is not None:
-            nursery.start_soon(self._touch_every, 2.0)
+            background.start_soon(self._touch_every, 2.0)
 
     async def _touch_every(self, seconds: float) -> None:
         while True:
             await trio.sleep(seconds)
             try:
+                failpoint("touch")
                 await trio.to_thread.run_sync(self.cache.touch, limiter=self.disk)
             except Exception as e:
                 log.warning("cache access times not saved: %s", e)
@@ -274,7 +276,7 @@ class Reader:
             for lo, hi, flight in runs:
                 for i in range(lo, hi):
                     self._flights[_key(f, i)] = out[i] = flight
-            self.nursery.start_soon(self._load, f, runs, limiter)
+            self.background.start_soon(self._load, f, runs, limiter)
         return out
 
     async def _blocks(self, f: InstanceFile, need: range, extra: list[int], limiter) -> list[bytes | memoryview]:
@@ -308,38 +310,45 @@ class Reader:
 
     async def _load(self, f: InstanceFile, runs: list[tuple[int, int, _Flight]], limiter) -> None:
         """Background task: the runs' blocks from the disk cache (one thread hop), the rest by GET."""
-        found: dict[int, memoryview] = {}
         try:
+            failpoint("load")
+            found: dict[int, memoryview] = {}
             if self.cache is not None:
                 wanted = [i for lo, hi, _ in runs for i in range(lo, hi)]
                 found = await trio.to_thread.run_sync(self._from_disk, f, wanted, limiter=self.disk)
                 self.hits += len(found)
-        except BaseException as e:  # cancelled: waiters must not wait forever
+            async with trio.open_nursery() as nursery:
+                for lo, hi, flight in runs:
+                    for i in range(lo, hi):
+                        if i in found:
+                            self._deliver(f, i, found[i], flight)
+                    missing = [i for i in range(lo, hi) if i not in found]
+                    if missing:
+                        nursery.start_soon(self._fetch, f, missing, flight, limiter)
+                    else:
+                        self._land(f, range(lo, hi), flight)
+        except BaseException as e:  # failed or cancelled: waiters must not wait forever
             for lo, hi, flight in runs:
-                flight.error = e
-                self._land(f, range(lo, hi), flight)
+                if not flight.done.is_set():
+                    flight.error = e
+                    self._land(f, range(lo, hi), flight)
             raise
-        async with trio.open_nursery() as nursery:
-            for lo, hi, flight in runs:
-                for i in range(lo, hi):
-                    if i in found:
-                        self._deliver(f, i, found[i], flight)
-                missing = [i for i in range(lo, hi) if i not in found]
-                if missing:
-                    nursery.start_soon(self._fetch, f, missing, flight, limiter)
-                else:
-                    flight.done.set()
 
     def _deliver(self, f: InstanceFile, i: int, data, flight: _Flight) -> None:
         k = _key(f, i)
         flight.blocks[i] = data
         self.memory.put(k, data)
-        self._flights.pop(k, None)
+        self._forget(k, flight)
+
+    def _forget(self, k: str, flight: _Flight) -> None:
+        """Drop k's flight entry if it is still this flight's (a later flight may have taken the key)."""
+        if self._flights.get(k) is flight:
+            del self._flights[k]
 
     def _land(self, f: InstanceFile, indexes, flight: _Flight) -> None:
         """The flight is over for these blocks, delivered or not: wake its waiters."""
         for i in indexes:
-            self._flights.pop(_key(f, i), None)
+            self._forget(_key(f, i), flight)
         flight.done.set()
 
     async def _fetch(self, f: InstanceFile, missing: list[int], flight: _Flight, limiter) -> None:
@@ -358,9 +367,10 @@ class Reader:
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += hi - lo
-                    view = memoryview(data)
+                    failpoint("fetch")
                     for i in range(lo, hi):
-                        part = view[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
+                        # A copy: a view would keep the whole GET buffer alive while --memory counts one block.
+                        part = data[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
                         self._deliver(f, i, part, flight)
                     self._store_later(uuid, f.name, bs, lo, data)
         finally:
@@ -371,10 +381,11 @@ class Reader:
         if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
             return
         self._unstored += len(data)
-        self.nursery.start_soon(self._store, uuid, name, bs, first, data)
+        self.background.start_soon(self._store, uuid, name, bs, first, data)
 
     async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
         try:
+            failpoint("store")
             await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
         finally:
             self._unstored -= len(data)
@@ -390,11 +401,12 @@ class Reader:
         flight = self._flights.get(k)
         if flight is None:
             flight = self._flights[k] = _Flight()
-            self.nursery.start_soon(self._load_head, f, k, flight, limiter)
+            self.background.start_soon(self._load_head, f, k, flight, limiter)
         return await flight.result(0)
 
     async def _load_head(self, f: InstanceFile, k: str, flight: _Flight, limiter) -> None:
         try:
+            failpoint("head")
             with flight.recording_failure():
                 data = None
                 if self.cache is not None:
@@ -413,7 +425,7 @@ class Reader:
                 flight.blocks[0] = data
                 self.memory.put(k, data)
         finally:
-            self._flights.pop(k, None)
+            self._forget(k, flight)
             flight.done.set()
 
     def _head_from_disk(self, f: InstanceFile, k: str) -> memoryview | None:
@@ -445,7 +457,7 @@ class Reader:
         d.run = d.run + 1 if 0 < f.index - d.last <= 4 else 0
         if not d.run and f.index != d.last and not heads and self._partial == 0:
             d.scattered += 1
-        if d.run and self.nursery is not None:
+        if d.run and self.background is not None:
             # The depth ramps up, so the first files of a header scan are not all fetched whole.
             depth = min(PREFETCH_FILES, 4 << d.run)
             d.upto = max(d.upto, f.index + 1)
@@ -454,9 +466,9 @@ class Reader:
                 if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
                     break
                 self._prefetching += cost
-                self.nursery.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
+                self.background.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
                 d.upto = g.index + 1
-        elif d.scattered >= SCATTERED and d.fetched and self.cache is not None and self.nursery is not None:
+        elif d.scattered >= SCATTERED and d.fetched and self.cache is not None and self.background is not None:
             started = 0
             while d.warmed < len(siblings) and started < WARM_PER_OPEN:
                 g = siblings[d.warmed]
@@ -466,7 +478,7 @@ class Reader:
                 if g.size > WHOLE_FILE or g is f or self._known(g, 0):
                     continue
                 self._prefetching += g.size
-                self.nursery.start_soon(self._prefetch, g, g.size, self.warm_limiter)
+                self.background.start_soon(self._prefetch, g, g.size, self.warm_limiter)
                 started += 1
         d.last = f.index
         self._series[f.dir_id] = d
@@ -479,16 +491,18 @@ class Reader:
         return not self.cache.has(k) and (self.claims is None or self.claims.claim(k, CLAIM_SECONDS))
 
     async def _prefetch(self, f: InstanceFile, cost: int, limiter: trio.CapacityLimiter) -> None:
+        warming = limiter is self.warm_limiter
         try:
-            warming = limiter is self.warm_limiter
-            if warming and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
-                return
-            if cost < f.size:
-                await self._head(f, limiter)
-            else:
-                await self._blocks(f, range(_nblocks(f)), [], limiter)
-            self.prefetched_files += 1
-        except Exception as e:  # a demand read will try again and report it
-            log.debug("prefetch of %s: %s", f.key, e)
+            failpoint("warm" if warming else "prefetch")  # outside the handler below: the boundary's to catch
+            try:
+                if warming and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
+                    return
+                if cost < f.size:
+                    await self._head(f, limiter)
+                else:
+                    await self._blocks(f, range(_nblocks(f)), [], limiter)
+                self.prefetched_files += 1
+            except Exception as e:  # a demand read will try again and report it
+                log.debug("prefetch of %s: %s", f.key, e)
         finally:
             self._prefetching -= cost
