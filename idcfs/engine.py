@@ -135,6 +135,7 @@ class Engine:
             "unstored_bytes": r.unstored,
             "failovers": self.store.failovers,
             "origin_errors": self.store.errors,
+            "origin_corrupt_bodies": self.store.corrupt_bodies,
             "files_known": len(self.listings.files),
             "background_errors": self.background.errors if self.background else 0,
         }

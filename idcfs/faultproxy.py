@@ -11,7 +11,9 @@ Faults are drawn per request with probability `fault_rate` from `faults`:
 - "reset": send half the body, then drop the connection;
 - "truncate": send the full Content-Length header but only half the body;
 - "stall": send nothing for `stall_seconds`;
-- "wrong_size": a body one byte longer than the real one, with a matching header.
+- "wrong_size": a body one byte longer than the real one, with a matching header;
+- "flip": one byte of an object's body inverted, length and headers unchanged (not in FAULTS: only a
+  checksum can tell, and ranged reads of large files have none to check against).
 `only`, when set, limits faults to requests whose path contains it (one series, say).
 `down = True` refuses service outright (every connection is closed at once).
 `delay` adds that many seconds before each request is forwarded: a stand-in for
@@ -154,6 +156,8 @@ class FaultProxy:
             body = await up.read()
         if fault == "wrong_size":
             body += b"\0"
+        if fault == "flip" and body and request.path.endswith(".dcm"):  # an object, not a listing
+            body = body[: len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1 :]
         resp = web.StreamResponse(status=up.status, headers=out_headers)
         resp.content_length = len(body)
         await resp.prepare(request)

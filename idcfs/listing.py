@@ -28,6 +28,7 @@ class InstanceFile:
     size: int
     mtime_ns: int
     etag: str
+    md5: str  # hex; "" when the origin published none (then a whole-file GET is checked by length only)
     series: Series
     dir_id: int
     index: int  # position in its directory, which is sorted by name
@@ -83,7 +84,9 @@ class Listings:
                 if obj.name in files:  # same name in two series of one directory: keep the first
                     log.warning("duplicate file name %s in directory %d", obj.name, dir_id)
                     continue
-                f = InstanceFile(self._next_ino, obj.name, obj.size, obj.mtime_ns, obj.etag, series, dir_id, len(files))
+                f = InstanceFile(
+                    self._next_ino, obj.name, obj.size, obj.mtime_ns, obj.etag, obj.md5, series, dir_id, len(files)
+                )
                 self._next_ino += 1
                 self.files[f.ino] = f
                 files[f.name] = f
@@ -103,6 +106,6 @@ class Listings:
         self.list_requests += 1
         objs = await trio.to_thread.run_sync(self.store.list_series, series.aws_bucket, uuid, limiter=self.limiter)
         if self.meta is not None and objs:  # an empty LIST may be a lagging mirror: ask again next time
-            entry = [(o.name, o.size, o.etag, o.mtime_ns) for o in objs]
+            entry = [o.entry() for o in objs]
             await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.disk)
         return objs

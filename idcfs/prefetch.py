@@ -79,7 +79,7 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
             return [(s, ObjectInfo(*e)) for e in known]
         objs = store.list_series(s.aws_bucket, s.crdc_series_uuid)
         if objs:
-            cache.meta.set_listing(s.crdc_series_uuid, [(o.name, o.size, o.etag, o.mtime_ns) for o in objs])
+            cache.meta.set_listing(s.crdc_series_uuid, [o.entry() for o in objs])
         cache.meta.add_counters({"list_requests": 1})
         return [(s, o) for o in objs]
 
@@ -109,7 +109,7 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
         step = max(bs, MAX_GET // bs * bs)
         for start in range(0, o.size, step):
             end = min(o.size, start + step)
-            data = store.read(s.aws_bucket, f"{s.crdc_series_uuid}/{o.name}", start, end, o.size)
+            data = store.read(s.aws_bucket, f"{s.crdc_series_uuid}/{o.name}", start, end, o.size, o.md5)
             cache.blocks.put_blocks(s.crdc_series_uuid, o.name, bs, start // bs, data)
             gets += 1
             bar.update(len(data))

@@ -362,7 +362,7 @@ class Reader:
                 for lo, hi in _runs(missing, len(missing)):
                     start, end = lo * bs, min(hi * bs, f.size)
                     data = await trio.to_thread.run_sync(
-                        self.store.read, f.series.aws_bucket, f.key, start, end, f.size, limiter=limiter
+                        self.store.read, f.series.aws_bucket, f.key, start, end, f.size, f.md5, limiter=limiter
                     )
                     self.get_requests += 1
                     self.bytes_fetched += len(data)

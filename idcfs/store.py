@@ -6,6 +6,8 @@ from worker threads. It knows nothing of FUSE or of the directory tree.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import logging
 import os
@@ -131,9 +133,15 @@ class ObjectInfo:
     size: int
     etag: str
     mtime_ns: int
+    md5: str = ""  # hex MD5 of the content, where the origin publishes it (S3 single-part ETag, GCS md5Hash)
+
+    def entry(self) -> tuple:
+        """As kept in the listing cache; ObjectInfo(*entry) gives it back (older 4-field entries too)."""
+        return (self.name, self.size, self.etag, self.mtime_ns, self.md5)
 
 
 DEFAULT_TIMEOUT = 30.0
+MD5_ATTEMPTS = 2  # a whole-object body that differs from its MD5 is fetched this often from one provider
 
 
 class _Provider:
@@ -152,6 +160,7 @@ class _Provider:
         self._lock = threading.Lock()
         self.failures = 0  # consecutive
         self.down_until = 0.0
+        self.corrupt_bodies = 0  # whole-object bodies that did not match the listed MD5
 
     @property
     def fs(self):
@@ -211,17 +220,24 @@ class _Provider:
             if e.get("type") != "file":
                 continue
             name = e["name"].rsplit("/", 1)[-1]
-            out.append(ObjectInfo(name, int(e["size"]), _etag(e), _mtime_ns(e)))
+            out.append(ObjectInfo(name, int(e["size"]), _etag(e), _mtime_ns(e), _md5(e)))
         out.sort(key=lambda o: o.name)
         return out
 
-    def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool) -> bytes:
+    def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool, md5: str = "") -> bytes:
         # Asking one byte past the listed end exposes an object longer than listed.
         path = f"{self.bucket(aws_bucket)}/{key}"
-        data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.deadline)
-        if len(data) != end - start:
-            raise StoreError(f"{len(data)} bytes instead of {end - start}")
-        return data
+        whole = bool(md5) and start == 0 and at_eof
+        for attempt in range(1, MD5_ATTEMPTS + 1):
+            data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.deadline)
+            if len(data) != end - start:
+                raise StoreError(f"{len(data)} bytes instead of {end - start}")
+            if not whole or hashlib.md5(data, usedforsecurity=False).hexdigest() == md5:
+                return data
+            with self._lock:
+                self.corrupt_bodies += 1
+            log.warning("%s: the body of %s differs from its MD5 %s (attempt %d)", self.name, path, md5, attempt)
+        raise StoreError(f"the body differs from the origin's MD5 {md5}")
 
 
 class ObjectStore:
@@ -307,15 +323,33 @@ class ObjectStore:
             f"LIST {aws_bucket}/{crdc_series_uuid}", lambda p: p.list_series(aws_bucket, crdc_series_uuid)
         )
 
-    def read(self, aws_bucket: str, key: str, start: int, end: int, size: int | None = None) -> bytes:
+    def read(self, aws_bucket: str, key: str, start: int, end: int, size: int | None = None, md5: str = "") -> bytes:
         """Bytes [start, end) of one object, exactly: a ranged GET, retried and failed over.
 
-        With the listed `size`, a read that ends there also fails if the object is longer.
+        With the listed `size`, a read that ends there also fails if the object is longer. With the listed
+        `md5`, a read of the whole object is checked against it: a body that differs is fetched again, then
+        from the other provider, and is never returned.
         """
         at_eof = size is not None and end == size
         return self._call(
-            f"GET {aws_bucket}/{key} [{start}, {end})", lambda p: p.read(aws_bucket, key, start, end, at_eof)
+            f"GET {aws_bucket}/{key} [{start}, {end})", lambda p: p.read(aws_bucket, key, start, end, at_eof, md5)
         )
+
+    @property
+    def corrupt_bodies(self) -> int:
+        return sum(p.corrupt_bodies for p in self.providers)
+
+
+def _md5(entry: dict) -> str:
+    """The content's MD5 as the LIST gives it: a single-part S3 object's ETag, or GCS's md5Hash."""
+    etag = str(entry.get("ETag") or "").strip('"')
+    if re.fullmatch(r"[0-9a-fA-F]{32}", etag):
+        return etag.lower()
+    try:
+        raw = base64.b64decode(entry.get("md5Hash") or "", validate=True)
+    except ValueError:
+        return ""
+    return raw.hex() if len(raw) == 16 else ""
 
 
 def _etag(entry: dict) -> str:

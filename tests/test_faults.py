@@ -247,3 +247,42 @@ def test_two_mounts_share_one_cache(mount, sandbox, tmp_path):
     assert read_all(c) == origin_files(sandbox)
     s = mount_stats(c)
     assert (s["get_requests"], s["corrupt_blocks"]) == (0, 0), s
+
+
+def test_a_flipped_byte_is_never_served_or_cached(mount, sandbox, tmp_path):
+    """An origin that inverts one byte of a body and keeps its length: the MD5 the LIST published catches it."""
+    cache = tmp_path / "shared"
+    with FaultProxy(sandbox.s3_endpoint) as s3, FaultProxy(sandbox.gcs_endpoint) as gcs:
+        mnt = fault_mount(mount, s3, gcs, cache_dir=cache)
+        small = [p for p in files_under(mnt) if p.stat().st_size <= WHOLE_FILE]  # listed before any fault
+        dirs = sorted({p.parent for p in small}, key=lambda d: -len(list(d.iterdir())))
+        first = sorted(dirs[0].iterdir())[:20]
+        others = [sorted(d.iterdir())[0] for d in dirs[1:]]  # first opens of a directory: nothing prefetched
+        want = {p: expected(sandbox, p) for p in first + others}
+        s3.fault_rate, s3.faults = 1.0, ("flip",)
+        # AWS flips every body: each whole-file GET is checked, fetched once more, then read from GCS.
+        for p in first:
+            assert sha(read_uncached(p)) == want[p], p
+        stats = mount_stats(mnt)
+        # Each checked twice at AWS, until its circuit breaker sends the rest straight to GCS.
+        assert stats["origin_corrupt_bodies"] >= 2 * 3 and stats["failovers"] >= 20, stats
+        # Both origins flip: EIO, and nothing is cached; once they mend, the same reads are exact.
+        gcs.fault_rate, gcs.faults = 1.0, ("flip",)
+        for p in others:
+            with pytest.raises(OSError) as e:
+                read_uncached(p)
+            assert e.value.errno == errno.EIO, p
+        s3.fault_rate = gcs.fault_rate = 0.0
+        for p in others:
+            assert sha(read_uncached(p)) == want[p], p
+        deadline = time.monotonic() + 30
+        while mount_stats(mnt)["unstored_bytes"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert idcfs("unmount", mnt).returncode == 0
+    # Offline, on the same cache: everything read above is served from it, and is right.
+    dead = "http://127.0.0.1:1"
+    offline = mount(cache_dir=cache, s3_endpoint=dead, gcs_endpoint=dead, name="offline")
+    for p in first + others:
+        q = offline / p.relative_to(mnt)
+        assert sha(read_uncached(q)) == want[p], q
