@@ -22,7 +22,7 @@ from idcfs.namespace import GCS_MIRROR
 from idcfs.sandbox import read_uncached
 from idcfs.store import ObjectStore, StoreError
 
-from .conftest import files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
+from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
 
 TIMEOUT = 3.0  # --timeout of the mounts below
 # A read syscall fails within this: one deadline per provider, and the kernel may ask twice.
@@ -286,3 +286,13 @@ def test_a_flipped_byte_is_never_served_or_cached(mount, sandbox, tmp_path):
     for p in first + others:
         q = offline / p.relative_to(mnt)
         assert sha(read_uncached(q)) == want[p], q
+
+
+@pytest.mark.parametrize("source", ["aws", "gcs"])
+def test_listings_carry_the_origins_md5(sandbox, source):
+    """What the MD5 check compares with: both origins publish it in the LIST, equal to the content's."""
+    store = ObjectStore(source, sandbox.s3_endpoint, sandbox.gcs_endpoint, failover=False)
+    row = by_modality(sandbox, "MR")
+    objs = store.list_series(row["aws_bucket"], row["crdc_series_uuid"])
+    gcs = Path(sandbox.data_dir) / "gcs" / GCS_MIRROR[row["aws_bucket"]] / row["crdc_series_uuid"]
+    assert objs and all(o.md5 == hashlib.md5((gcs / o.name).read_bytes()).hexdigest() for o in objs)
