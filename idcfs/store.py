@@ -228,8 +228,12 @@ class _Provider:
         # Asking one byte past the listed end exposes an object longer than listed.
         path = f"{self.bucket(aws_bucket)}/{key}"
         whole = bool(md5) and start == 0 and at_eof
+        t0 = time.monotonic()
         for attempt in range(1, MD5_ATTEMPTS + 1):
-            data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=self.deadline)
+            left = self.deadline - (time.monotonic() - t0)  # a second attempt stays within the deadline
+            if left <= 0:
+                break
+            data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=left)
             if len(data) != end - start:
                 raise StoreError(f"{len(data)} bytes instead of {end - start}")
             if not whole or hashlib.md5(data, usedforsecurity=False).hexdigest() == md5:
