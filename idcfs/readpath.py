@@ -361,9 +361,8 @@ class Reader:
             with flight.recording_failure():
                 for lo, hi in _runs(missing, len(missing)):
                     start, end = lo * bs, min(hi * bs, f.size)
-                    data = await trio.to_thread.run_sync(
-                        self.store.read, f.series.aws_bucket, f.key, start, end, f.size, f.md5, limiter=limiter
-                    )
+                    async with limiter:
+                        data = await self.store.aread(f.series.aws_bucket, f.key, start, end, f.size, f.md5)
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += hi - lo
@@ -415,9 +414,8 @@ class Reader:
                     self.hits += 1
                 else:
                     bucket, uuid = f.series.aws_bucket, f.series.crdc_series_uuid
-                    data = await trio.to_thread.run_sync(
-                        self.store.read, bucket, f.key, 0, HEAD, f.size, limiter=limiter
-                    )
+                    async with limiter:
+                        data = await self.store.aread(bucket, f.key, 0, HEAD, f.size)
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += 1

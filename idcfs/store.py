@@ -1,12 +1,15 @@
 """Object store: unsigned LIST and ranged GET against IDC's S3 buckets or their GCS mirrors.
 
-Everything here is blocking (s3fs/gcsfs sync API); the FUSE adapter calls it
-from worker threads. It knows nothing of FUSE or of the directory tree.
+GETs go through obstore (Rust's object_store) on one asyncio loop in a thread of its own; trio code
+awaits them with `aread`, threads block on `read`. LISTs go through s3fs or gcsfs, blocking, from worker
+threads. It knows nothing of FUSE or of the directory tree.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -14,7 +17,9 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 from .namespace import GCS_MIRROR
 
@@ -23,7 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
 DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
 
-# Environment that could make a client sign requests with the user's identity.
+# Environment that could make a client sign requests with the user's identity, or send them elsewhere.
 CREDENTIAL_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -35,7 +40,15 @@ CREDENTIAL_ENV = (
     "AWS_ROLE_ARN",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
     "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_BEARER_TOKEN",
+    "GOOGLE_BASE_URL",
     "CLOUDSDK_CONFIG",
     "GCSFS_DEFAULT_PROJECT",
 )
@@ -141,15 +154,84 @@ class ObjectInfo:
 
 
 DEFAULT_TIMEOUT = 30.0
-MD5_ATTEMPTS = 2  # a whole-object body that differs from its MD5 is fetched this often from one provider
+ATTEMPTS = 3  # per provider, within its deadline: a body that is short, long or differs from its MD5 is fetched again
+
+
+class _Loop:
+    """One asyncio event loop in a daemon thread, where every GET runs (obstore's async API needs asyncio).
+
+    Measured against obstore's blocking API in worker threads and against trio-asyncio, one loop thread
+    cost the least CPU per GET (bench/getclient.py), and asyncio.wait_for gives each provider a hard deadline.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+        self._tokio_pid = 0  # the process whose GETs started obstore's tokio runtime
+        self._threads: ThreadPoolExecutor | None = None
+        self._threads_pid = 0
+
+    # tokio does not survive fork: a child of a process that made an obstore request hangs in its
+    # first one (even with a new client). Such a child (a fork-started DataLoader worker, say) GETs
+    # through s3fs/gcsfs instead.
+    def note_tokio(self) -> None:
+        if not self._tokio_pid:
+            self._tokio_pid = os.getpid()
+
+    def tokio_inherited(self) -> bool:
+        return self._tokio_pid not in (0, os.getpid())
+
+    async def in_thread(self, fn, *args):
+        with self._lock:
+            if self._threads is None or self._threads_pid != os.getpid():
+                self._threads, self._threads_pid = ThreadPoolExecutor(64, thread_name_prefix="idcfs-get"), os.getpid()
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # a forked child has the loop but not its thread
+                self._loop = asyncio.new_event_loop()
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="idcfs-get", daemon=True).start()
+            return self._loop
+
+    def run(self, coro):
+        """Block the calling thread (never the loop's own) until coro, run in the loop, is done."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def trio(self, coro):
+        """Await coro, run in the loop, from trio: no worker thread, one wake-up through trio's token.
+        Cancelled from trio, the coroutine is cancelled too."""
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_):
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        fut.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+
+_LOOP = _Loop()
 
 
 class _Provider:
-    """One bucket provider (AWS S3 or the GCS mirror) behind an unsigned fsspec client.
+    """One bucket provider (AWS S3 or the GCS mirror): GETs through obstore, LISTs through fsspec.
 
-    Every call, retries included, is cut off after `deadline` seconds: gcsfs retries six times with
-    up to 32 s of backoff, and a stalled origin must not hold a reader for minutes. One attempt may
-    take a third of it, so a stalled connection leaves time to retry on a fresh one.
+    Every GET, retries included, is cut off after `deadline` seconds; one socket read may take a third
+    of it, so a stalled connection leaves time to retry on a fresh one. LIST goes through s3fs or gcsfs
+    (imported on the first LIST), which get the same deadline.
     """
 
     def __init__(self, name: str, endpoint: str, deadline: float = DEFAULT_TIMEOUT):
@@ -157,6 +239,7 @@ class _Provider:
         self.endpoint = endpoint
         self.deadline = deadline
         self._fs = None
+        self._stores: dict[str, object] = {}
         self._lock = threading.Lock()
         self.failures = 0  # consecutive
         self.down_until = 0.0
@@ -164,14 +247,15 @@ class _Provider:
 
     @property
     def fs(self):
+        """The fsspec client, for LIST."""
         with self._lock:
             if self._fs is None:
-                self._fs = self._client()
+                self._fs = self._list_client()
         return self._fs
 
-    def _client(self):
+    def _list_client(self):
         drop_credentials()
-        attempt = self.deadline / 3  # per socket read; connecting gets at most 5 s of it
+        attempt = self.deadline / 3
         connect = min(5.0, attempt)
         if self.name == "aws":
             import s3fs
@@ -186,8 +270,7 @@ class _Provider:
                     "connect_timeout": connect,
                     "read_timeout": attempt,
                     "retries": {"max_attempts": 3, "mode": "standard"},
-                    # A CRC over every body costs a fifth of the GET path's CPU; lengths are checked
-                    # here and blocks carry their own digest in the cache.
+                    # A CRC over every body costs a fifth of the GET path's CPU; lengths and MD5s are checked here.
                     "response_checksum_validation": "when_required",
                     "request_checksum_calculation": "when_required",
                 },
@@ -202,8 +285,48 @@ class _Provider:
             endpoint_url=self.endpoint,
             use_listings_cache=False,
             skip_instance_cache=True,
-            # Per socket read, as botocore's read_timeout: a slow but flowing body is not cut off.
             requests_timeout=aiohttp.ClientTimeout(sock_connect=connect, sock_read=attempt),
+        )
+
+    def store(self, bucket: str):
+        """The obstore client of one bucket, built on first use; unsigned, whatever the environment holds."""
+        with self._lock:
+            got = self._stores.get(bucket)
+            if got is None:
+                got = self._stores[bucket] = self._get_client(bucket)
+            return got
+
+    def _get_client(self, bucket: str):
+        import obstore.store
+
+        drop_credentials()
+        attempt = self.deadline / 3
+        options = {
+            "allow_http": self.endpoint.startswith("http://"),
+            "connect_timeout": timedelta(seconds=min(5.0, attempt)),
+            "read_timeout": timedelta(seconds=attempt),  # per socket read: a slow but flowing body goes on
+            "timeout": timedelta(seconds=self.deadline),  # per request (its default, 30 s, would cut a long body)
+            "pool_idle_timeout": timedelta(seconds=60),
+        }
+        # obstore retries 5xx, resets and timeouts itself; what it does not (429, wrong lengths) is retried here.
+        retry = {
+            "max_retries": 3,
+            "retry_timeout": timedelta(seconds=self.deadline),
+            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2), "base": 2},
+        }
+        if self.name == "aws":
+            # Every setting given, so that no AWS_* variable left in the environment changes them.
+            return obstore.store.S3Store(
+                bucket,
+                endpoint=self.endpoint,
+                region="us-east-1",
+                skip_signature=True,
+                virtual_hosted_style_request=False,
+                client_options=options,
+                retry_config=retry,
+            )
+        return obstore.store.GCSStore(
+            bucket, base_url=self.endpoint, skip_signature=True, client_options=options, retry_config=retry
         )
 
     def bucket(self, aws_bucket: str) -> str:
@@ -224,33 +347,70 @@ class _Provider:
         out.sort(key=lambda o: o.name)
         return out
 
-    def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool, md5: str = "") -> bytes:
-        # Asking one byte past the listed end exposes an object longer than listed.
+    async def read(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool, md5: str = "") -> bytes:
+        """Bytes [start, end) exactly, within the deadline; run in the GET loop."""
+        if _LOOP.tokio_inherited():
+            return await _LOOP.in_thread(self._read_fsspec, aws_bucket, key, start, end, at_eof, md5)
+        _LOOP.note_tokio()
+        try:
+            return await asyncio.wait_for(self._attempts(aws_bucket, key, start, end, at_eof, md5), self.deadline)
+        except asyncio.TimeoutError:
+            raise StoreError(f"no answer within {self.deadline:g} s") from None
+
+    def _check(self, key: str, data, start: int, end: int, md5: str, attempt: int) -> str:
+        """What is wrong with a body for [start, end) (md5: of the whole object, or ""), or ""."""
+        if len(data) != end - start:
+            return f"{len(data)} bytes instead of {end - start}"
+        if md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            with self._lock:
+                self.corrupt_bodies += 1
+            log.warning("%s: the body of %s differs from its MD5 %s (attempt %d)", self.name, key, md5, attempt + 1)
+            return f"the body differs from the origin's MD5 {md5}"
+        return ""
+
+    def _read_fsspec(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool, md5: str) -> bytes:
+        """read() through s3fs/gcsfs, blocking: for a process forked after obstore was used (see _Loop)."""
         path = f"{self.bucket(aws_bucket)}/{key}"
-        whole = bool(md5) and start == 0 and at_eof
-        t0 = time.monotonic()
-        for attempt in range(1, MD5_ATTEMPTS + 1):
-            left = self.deadline - (time.monotonic() - t0)  # a second attempt stays within the deadline
+        md5 = md5 if start == 0 and at_eof else ""
+        t0, problem = time.monotonic(), f"no answer within {self.deadline:g} s"
+        for attempt in range(ATTEMPTS):
+            left = self.deadline - (time.monotonic() - t0)
             if left <= 0:
                 break
             data = self.fs.cat_file(path, start=start, end=end + at_eof, timeout=left)
-            if len(data) != end - start:
-                raise StoreError(f"{len(data)} bytes instead of {end - start}")
-            if not whole or hashlib.md5(data, usedforsecurity=False).hexdigest() == md5:
+            if not (problem := self._check(key, data, start, end, md5, attempt)):
                 return data
-            with self._lock:
-                self.corrupt_bodies += 1
-            log.warning("%s: the body of %s differs from its MD5 %s (attempt %d)", self.name, path, md5, attempt)
-        raise StoreError(f"the body differs from the origin's MD5 {md5}")
+        raise StoreError(problem)
+
+    async def _attempts(self, aws_bucket: str, key: str, start: int, end: int, at_eof: bool, md5: str) -> bytes:
+        import obstore
+        from obstore.exceptions import BaseError
+
+        store = self.store(self.bucket(aws_bucket))
+        md5 = md5 if start == 0 and at_eof else ""  # the MD5 is of the whole object
+        problem = ""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.1 * 2**attempt)
+            try:
+                # Asking one byte past the listed end exposes an object longer than listed.
+                data = await obstore.get_range_async(store, key, start=start, end=end + at_eof)
+            except FileNotFoundError:
+                raise
+            except BaseError as e:  # 429 and what obstore's own retries gave up on
+                problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+                continue
+            if not (problem := self._check(key, data, start, end, md5, attempt)):
+                return data.to_bytes()
+        raise StoreError(problem)
 
 
 class ObjectStore:
     """Reads IDC objects addressed by (aws_bucket, key), from the preferred provider or the other one.
 
-    The client libraries retry throttling, 5xx, resets and timeouts with
-    backoff. What still fails is tried once more at the other provider. After
-    FAIL_THRESHOLD failures in a row a provider is skipped for DOWN_SECONDS,
-    so a dead origin costs a few slow requests, not one per read.
+    GETs are retried with backoff on throttling, 5xx, resets and timeouts. What still fails is
+    tried once more at the other provider. After FAIL_THRESHOLD failures in a row a provider is
+    skipped for DOWN_SECONDS, so a dead origin costs a few slow requests, not one per read.
     """
 
     FAIL_THRESHOLD = 3
@@ -281,9 +441,13 @@ class ObjectStore:
         return self.providers[0].bucket(aws_bucket)
 
     def warm(self) -> None:
-        """Build the preferred provider's client ahead of the first request (no request is made)."""
+        """Start the GET loop and build the preferred provider's GET clients ahead of the first read (no
+        request is made). The LIST client is built on the first LIST: most mounts read cached listings."""
         try:
-            self.providers[0].fs  # noqa: B018
+            _LOOP.loop  # noqa: B018
+            p = self.providers[0]
+            for aws_bucket in GCS_MIRROR:
+                p.store(p.bucket(aws_bucket))
         except Exception as e:  # the first real request will report it
             log.debug("building the %s client: %s", self.providers[0].name, e)
 
@@ -296,30 +460,37 @@ class ObjectStore:
         up = [p for p in self.providers if p.down_until <= now]
         return up + [p for p in self.providers if p.down_until > now]  # a down one is still a last resort
 
+    def _failed(self, p: _Provider, e: BaseException, errors: list[str]) -> None:
+        with self._lock:
+            p.failures += not isinstance(e, FileNotFoundError)  # a missing object says nothing of health
+            if p.failures >= self.FAIL_THRESHOLD and p.down_until <= time.monotonic():
+                p.down_until = time.monotonic() + self.DOWN_SECONDS
+                log.warning("%s keeps failing (%s); using the other provider for %ds", p.name, e, self.DOWN_SECONDS)
+        errors.append(f"{p.name}: {str(e) or type(e).__name__}")
+
+    def _answered(self, p: _Provider) -> None:
+        with self._lock:
+            p.failures = 0
+            p.down_until = 0.0
+            if p is not self.providers[0]:
+                self.failovers += 1
+
+    def _gave_up(self, what: str, errors: list[str]) -> StoreError:
+        with self._lock:
+            self.errors += 1
+        return StoreError(f"{what}: " + "; ".join(errors))
+
     def _call(self, what: str, fn):
-        errors = []
+        errors: list[str] = []
         for p in self._order():
             try:
                 result = fn(p)
             except Exception as e:
-                with self._lock:
-                    p.failures += not isinstance(e, FileNotFoundError)  # a missing object says nothing of health
-                    if p.failures >= self.FAIL_THRESHOLD and p.down_until <= time.monotonic():
-                        p.down_until = time.monotonic() + self.DOWN_SECONDS
-                        log.warning(
-                            "%s keeps failing (%s); using the other provider for %ds", p.name, e, self.DOWN_SECONDS
-                        )
-                errors.append(f"{p.name}: {str(e) or type(e).__name__}")
+                self._failed(p, e, errors)
                 continue
-            with self._lock:
-                p.failures = 0
-                p.down_until = 0.0
-                if p is not self.providers[0]:
-                    self.failovers += 1
+            self._answered(p)
             return result
-        with self._lock:
-            self.errors += 1
-        raise StoreError(f"{what}: " + "; ".join(errors))
+        raise self._gave_up(what, errors)
 
     def list_series(self, aws_bucket: str, crdc_series_uuid: str) -> list[ObjectInfo]:
         """One LIST of `<bucket>/<uuid>/`: the objects directly under it."""
@@ -327,17 +498,35 @@ class ObjectStore:
             f"LIST {aws_bucket}/{crdc_series_uuid}", lambda p: p.list_series(aws_bucket, crdc_series_uuid)
         )
 
+    async def _read(self, aws_bucket: str, key: str, start: int, end: int, size: int | None, md5: str) -> bytes:
+        if end <= start:
+            return b""
+        at_eof = size is not None and end == size
+        errors: list[str] = []
+        for p in self._order():
+            try:
+                data = await p.read(aws_bucket, key, start, end, at_eof, md5)
+            except Exception as e:
+                self._failed(p, e, errors)
+                continue
+            self._answered(p)
+            return data
+        raise self._gave_up(f"GET {aws_bucket}/{key} [{start}, {end})", errors)
+
     def read(self, aws_bucket: str, key: str, start: int, end: int, size: int | None = None, md5: str = "") -> bytes:
-        """Bytes [start, end) of one object, exactly: a ranged GET, retried and failed over.
+        """Bytes [start, end) of one object, exactly: a ranged GET, retried and failed over. Blocking.
 
         With the listed `size`, a read that ends there also fails if the object is longer. With the listed
         `md5`, a read of the whole object is checked against it: a body that differs is fetched again, then
         from the other provider, and is never returned.
         """
-        at_eof = size is not None and end == size
-        return self._call(
-            f"GET {aws_bucket}/{key} [{start}, {end})", lambda p: p.read(aws_bucket, key, start, end, at_eof, md5)
-        )
+        return _LOOP.run(self._read(aws_bucket, key, start, end, size, md5))
+
+    async def aread(
+        self, aws_bucket: str, key: str, start: int, end: int, size: int | None = None, md5: str = ""
+    ) -> bytes:
+        """read(), awaited from trio without a worker thread."""
+        return await _LOOP.trio(self._read(aws_bucket, key, start, end, size, md5))
 
     @property
     def corrupt_bodies(self) -> int:
