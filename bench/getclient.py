@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import trio
@@ -81,9 +79,7 @@ def run_obstore_sync(endpoint, bucket, keys, sizes, concurrency):
     lim = trio.CapacityLimiter(concurrency)
 
     async def one(k):
-        data = await trio.to_thread.run_sync(
-            lambda: obstore.get_range(store, k, start=0, end=sizes[k]), limiter=lim
-        )
+        data = await trio.to_thread.run_sync(lambda: obstore.get_range(store, k, start=0, end=sizes[k]), limiter=lim)
         assert len(data) == sizes[k]
 
     return lambda ks: trio.run(_drive, ks, concurrency, one)
@@ -162,24 +158,14 @@ def _one_client(name, endpoint, bucket, keys, sizes, concurrency, repeat) -> dic
     return {"cpu_ms_per_get": cpu, "gets_per_s": rate}
 
 
-@contextlib.contextmanager
-def _origin(state_file: Path | None):
-    if state_file is None:
-        with origin() as state:
-            yield state
-    else:
-        yield types.SimpleNamespace(**json.loads(state_file.read_text()))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.getclient", description=__doc__.splitlines()[0])
     p.add_argument("--gets", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=list(CLIENTS))
-    p.add_argument("--origin", type=Path, help="state JSON of a running benchmark origin, instead of starting one")
     args = p.parse_args(argv)
-    with _origin(args.origin) as state:
+    with origin() as state:
         items = [k for k in state.objects if "00028ccd" not in k][: args.gets]
         bucket = items[0].split("/", 1)[0]
         keys = [k.split("/", 1)[1] for k in items]
@@ -188,13 +174,14 @@ def main(argv=None) -> int:
         for k in items:
             b, rest = k.split("/", 1)
             sizes[rest] = next(root.glob(f"*/{rest}")).stat().st_size
-        print(f"{len(keys)} GETs, {statistics.mean(sizes.values()) / 1e6:.2f} MB each on average, "
-              f"{args.concurrency} at a time, {args.repeat} runs; each client in its own process", flush=True)  # fmt: skip
+        mb = statistics.mean(sizes.values()) / 1e6
+        print(f"{len(keys)} GETs, {mb:.2f} MB each on average, {args.concurrency} at a time, {args.repeat} runs; "
+              "each client in its own process", flush=True)  # fmt: skip
         out = {}
         for name in args.clients:
             # Its own process: one client's threads and loops must not bill the next.
             env = dict(os.environ, PYTHONPATH=str(REPO))
-            code = "import json,sys; from bench.getclient import _one_client as f; print(json.dumps(f(**json.load(sys.stdin))))"
+            code = "import json,sys; from bench.getclient import _one_client as f; print(json.dumps(f(**json.load(sys.stdin))))"  # noqa: E501
             job = dict(name=name, endpoint=state.s3_endpoint, bucket=bucket, keys=keys, sizes=sizes,
                        concurrency=args.concurrency, repeat=args.repeat)  # fmt: skip
             r = subprocess.run([sys.executable, "-c", code], env=env, input=json.dumps(job), capture_output=True,
@@ -206,7 +193,7 @@ def main(argv=None) -> int:
             c, g = res["cpu_ms_per_get"], res["gets_per_s"]
             print(f"{name:13s} CPU/GET {statistics.median(c):.3f} ms ({min(c):.3f}–{max(c):.3f})   "
                   f"{statistics.median(g):.0f} GETs/s ({min(g):.0f}–{max(g):.0f})", flush=True)  # fmt: skip
-    (Path(__file__).parent / "getclient.json").write_text(json.dumps({"args": vars(args) | {"origin": None}, "results": out}, indent=1))
+    (Path(__file__).parent / "getclient.json").write_text(json.dumps({"args": vars(args), "results": out}, indent=1))
     return 0
 
 

@@ -44,10 +44,16 @@ def bench_cohort(index: Path, n_series: int):
 
 @contextlib.contextmanager
 def origin(n_series: int = 16):
-    """The running benchmark sandbox (files generated on first use, then reused)."""
+    """The running benchmark sandbox (files generated on first use, then reused). With IDCFS_BENCH_ORIGIN set
+    to the state file of a benchmark origin already running (SandboxState.save), that one: starting one
+    loads every object into moto, which takes minutes."""
     import idc_index_data
 
-    from idcfs.sandbox import Sandbox
+    from idcfs.sandbox import Sandbox, SandboxState
+
+    if os.environ.get("IDCFS_BENCH_ORIGIN"):
+        yield SandboxState.load(Path(os.environ["IDCFS_BENCH_ORIGIN"]))
+        return
 
     cohort = bench_cohort(Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH), n_series)
     with Sandbox(DATA / f"origin-{n_series}", cohort=cohort) as state:
@@ -153,16 +159,20 @@ def idcfs_mount(state, endpoint, work: Path, source: str = "aws"):
 
 
 @contextlib.contextmanager
-def rclone_mount(state, endpoint, work: Path):
-    """rclone mount, read-only, VFS cache off (rclone's default; its docs' choice for read-only streaming)."""
+def rclone_mount(state, endpoint, work: Path, vfs_cache: str = "off"):
+    """rclone mount, read-only, VFS cache off (rclone's default; its docs' choice for read-only streaming),
+    or `full` (a local copy of what was read, its choice for repeated reads), in a fresh cache directory."""
     mnt = work / "rclone"
     mnt.mkdir(exist_ok=True)
+    cache = work / "rclone-cache"
+    shutil.rmtree(cache, ignore_errors=True)
     conf = work / "rclone.conf"
     conf.write_text(f"[idc]\ntype = s3\nprovider = Other\nendpoint = {endpoint}\nforce_path_style = true\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(
         ["rclone", "mount", "idc:idc-open-data", str(mnt), "--config", str(conf), "--read-only",
-         "--vfs-cache-mode", "off", "--dir-cache-time", "1h"],
+         "--vfs-cache-mode", vfs_cache, "--cache-dir", str(cache), "--vfs-cache-max-size", "100G",
+         "--dir-cache-time", "1h"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_mounted(mnt, proc)
@@ -188,7 +198,42 @@ def s3fs_mount(state, endpoint, work: Path):
         unmount(mnt)
 
 
-MOUNTS = {"local disk": local_disk, "idcfs": idcfs_mount, "rclone mount": rclone_mount, "s3fs-fuse": s3fs_mount}
+MOUNTS = {
+    "local disk": local_disk,
+    "idcfs": idcfs_mount,
+    "rclone mount": rclone_mount,
+    "rclone vfs-full": lambda *a: rclone_mount(*a, vfs_cache="full"),
+    "s3fs-fuse": s3fs_mount,
+}
+
+
+def daemon_pid(mnt: Path) -> int:
+    """The pid of the idcfs daemon serving mnt."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"idcfs" in b" ".join(argv) and b"mount" in argv and str(mnt).encode() in argv:
+            return int(proc.name)
+    raise RuntimeError(f"no idcfs daemon for {mnt}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mount_stats(mnt: Path) -> dict:
+    import json
+
+    r = run([sys.executable, "-m", "idcfs", "stats", "--json", mnt])
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    return json.loads(r.stdout)
 
 
 def s5cmd(endpoint: str, lines: list[str]) -> None:

@@ -4,8 +4,10 @@ Tools, all pointed at the same sandbox S3 origin (moto) in the same run:
 - local disk (the generated files, page cache dropped): the physical limit;
 - s5cmd `run` of `cp s3://…/uuid/* …` lines, as idc-index downloads; to disk, and
   to tmpfs with its default 256 workers as the origin's ceiling;
-- idcfs, cold (fresh cache directory, page cache dropped);
-- rclone mount (vfs cache off, read-only) and s3fs-fuse (public_bucket, ro).
+- idcfs, cold (fresh cache directory, page cache dropped), and the daemon's CPU time per GET over it;
+- `idcfs prefetch --manifest` of the same series into a fresh cache directory, process start to done;
+- rclone mount (vfs cache off, read-only) and s3fs-fuse (public_bucket, ro); rclone with
+  `--vfs-cache-mode full` for the epochs (its second epoch reads its own cache).
 
 Latency: this kernel has no netem qdisc, so round-trip time is added by a
 proxy in front of the origin that waits `--latency-ms` before forwarding each
@@ -25,7 +27,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from .harness import MOUNTS, REPO, drop_caches, origin, origin_dir, run, s5cmd_download, series_of, summary
+from .harness import (
+    MOUNTS,
+    REPO,
+    cpu_seconds,
+    daemon_pid,
+    drop_caches,
+    mount_stats,
+    origin,
+    origin_dir,
+    run,
+    s5cmd_download,
+    series_of,
+    summary,
+)
+
+EPOCH_TOOLS = ("idcfs", "local disk", "rclone vfs-full")
 
 # -- workloads
 
@@ -68,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--series", type=int, default=16, help="CT series in the cohort (default 16, about 2 GB)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--latency-ms", type=float, nargs="+", default=[20.0, 0.0])
-    p.add_argument("--tools", nargs="+", default=["local disk", "s5cmd", "idcfs", "rclone mount", "s3fs-fuse"])
+    p.add_argument("--tools", nargs="+", default=["local disk", "s5cmd", "idcfs", "idcfs prefetch", "rclone mount",
+                                                  "rclone vfs-full", "s3fs-fuse"])  # fmt: skip
     p.add_argument("--workers", type=int, default=8, help="reader processes in the epochs (default 8)")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "stream.json")
     args = p.parse_args(argv)
@@ -103,13 +121,31 @@ def main(argv=None) -> int:
                             )
                             shutil.rmtree("/dev/shm/idcfs-bench", ignore_errors=True)
                             continue
-                        with MOUNTS[tool](state, proxy.url, work) as src:
+                        if tool == "idcfs prefetch":  # process start to done, into a fresh cache directory
+                            manifest = work / "ct.s5cmd"
+                            manifest.write_text("".join(f"cp s3://idc-open-data/{u}/* .\n" for u in uuids))
+                            shutil.rmtree(work / "prefetch-cache", ignore_errors=True)
                             t = time.perf_counter()
-                            got = series_in_order(src, uuids, work / "dest")
-                            rates.append(got / (time.perf_counter() - t) / 1e6)
-                            if got != size:
-                                raise RuntimeError(f"{tool}: copied {got} bytes, expected {size}")
-                        if tool in ("idcfs", "local disk"):
+                            r = run([sys.executable, "-m", "idcfs", "prefetch", "-q", "--manifest", manifest,
+                                     "--cache-dir", work / "prefetch-cache", "--s3-endpoint", proxy.url])  # fmt: skip
+                            rates.append(size / (time.perf_counter() - t) / 1e6)
+                            if r.returncode:
+                                raise RuntimeError(r.stderr)
+                            continue
+                        if tool != "rclone vfs-full":  # measured for its epochs only
+                            with MOUNTS[tool](state, proxy.url, work) as src:
+                                pid = daemon_pid(work / "idcfs") if tool == "idcfs" else 0
+                                cpu = cpu_seconds(pid) if pid else 0.0
+                                t = time.perf_counter()
+                                got = series_in_order(src, uuids, work / "dest")
+                                rates.append(got / (time.perf_counter() - t) / 1e6)
+                                if got != size:
+                                    raise RuntimeError(f"{tool}: copied {got} bytes, expected {size}")
+                                if pid:
+                                    gets = mount_stats(work / "idcfs")["get_requests"]
+                                    per_get = (cpu_seconds(pid) - cpu) / gets * 1e3
+                                    runs.setdefault("idcfs daemon CPU ms per GET", []).append(per_get)
+                        if tool in EPOCH_TOOLS:
                             with MOUNTS[tool](state, proxy.url, work) as src:
                                 paths = [str(f) for u in uuids for f in sorted(src(u).iterdir())]
                                 drop_caches()
@@ -117,13 +153,19 @@ def main(argv=None) -> int:
                                 drop_caches()  # the second epoch: idcfs serves from its block cache
                                 warm = epoch(paths, workers=args.workers, seed=1)
                                 epochs.append({"cold": cold, "warm": warm})
-                    runs[tool] = {"series_MBps": summary(rates), "epochs": epochs}
-                    print(f"{latency:g} ms  {tool:<14} series in order: {statistics.median(rates):7.1f} MB/s "
-                          f"(runs: {', '.join(f'{r:.1f}' for r in rates)})", flush=True)  # fmt: skip
+                    runs[tool] = {"series_MBps": summary(rates) if rates else None, "epochs": epochs}
+                    if rates:
+                        print(f"{latency:g} ms  {tool:<14} series in order: {statistics.median(rates):7.1f} MB/s "
+                              f"(runs: {', '.join(f'{r:.1f}' for r in rates)})", flush=True)  # fmt: skip
                     for e in epochs:
                         print(f"{'':20} epoch cold {e['cold']['files_per_s']:.0f} files/s "
                               f"(first batch {e['cold']['first_batch_s']:.2f}s), "
                               f"warm {e['warm']['files_per_s']:.0f} files/s", flush=True)  # fmt: skip
+                per_get = runs.get("idcfs daemon CPU ms per GET")
+                if isinstance(per_get, list):
+                    runs["idcfs daemon CPU ms per GET"] = summary(per_get)
+                    print(f"{latency:g} ms  idcfs daemon CPU per GET: {statistics.median(per_get):.2f} ms "
+                          f"(runs: {', '.join(f'{r:.2f}' for r in per_get)})", flush=True)  # fmt: skip
                 ceiling = runs.get("origin ceiling (s5cmd to tmpfs)")
                 if isinstance(ceiling, list):
                     runs["origin ceiling (s5cmd to tmpfs)"] = {"series_MBps": summary(ceiling)}

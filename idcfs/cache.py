@@ -1,10 +1,12 @@
 """The persistent cache directory: instance blocks, series listings and lifetime counters.
 
-Both stores are diskcache caches (SQLite plus files), which are safe to share
-between threads, processes and concurrent mounts of one cache directory.
+blocks/ and meta/ are diskcache caches (SQLite plus files), files/ is plain files; all are safe to
+share between threads, processes and concurrent mounts of one cache directory.
 
-- blocks/: blocks of instance files, capped in size and evicted least recently
-  used. Keys name content, not location (`<series uuid>/<file>@<block>`), so a
+- files/: whole instances up to WHOLE_FILE bytes (most CT and MR), one plain file
+  each, checked against a digest in an extended attribute (instancecache.py).
+- blocks/: blocks of larger instance files, and heads, capped in size together
+  with files/ and evicted least recently used. Keys name content, not location (`<series uuid>/<file>@<block>`), so a
   block read from AWS also serves a GCS mount. Each value is the block followed
   by an XXH3-128 digest of key and block: a torn, truncated, rotten or swapped
   value fails the check, is deleted and counts as a miss, so it is refetched
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import diskcache
 import xxhash
+
+from .instancecache import InstanceCache
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +233,34 @@ class BlockCache(_Degradable):
         return self._cache.volume()
 
     @_gated
+    def lru_page(self, offset: int, n: int) -> list[tuple[float, int, str]]:
+        """(access time, size, key) of blocks, least recently used first, from `offset`."""
+        try:
+            rows = self._cache._sql(
+                "SELECT access_time, size, key FROM Cache ORDER BY access_time LIMIT ? OFFSET ?", (n, offset)
+            ).fetchall()
+        except _DB_ERRORS as e:
+            self.warn_once("read", e)
+            return []
+        return [(float(t), int(size), str(key)) for t, size, key in rows]
+
+    @_gated
+    def delete_keys(self, keys: list[str]) -> None:
+        try:
+            for key in keys:
+                self._cache.delete(key)
+        except _DB_ERRORS as e:
+            self.warn_once("delete", e)
+
+    def footprint(self) -> int:
+        """Bytes on disk: volume() leaves out SQLite's write-ahead log, which can hold megabytes."""
+        try:
+            wal = os.stat(self.directory / "cache.db-wal").st_size
+        except OSError:
+            wal = 0
+        return self.volume() + wal
+
+    @_gated
     def __len__(self) -> int:
         return len(self._cache)
 
@@ -321,20 +353,59 @@ class CacheDir:
     def __init__(self, root: Path, size_limit: int | None = None, blocks: bool = True):
         self.root = Path(root)
         self.blocks: BlockCache | None = None
+        self.files: InstanceCache | None = None
         if blocks:  # without a size, keep the cap the last mount set
             path = self.root / "blocks"
             self.blocks = BlockCache(path, size_limit if size_limit is not None else _stored_size_limit(path))
+            # One cap and one least-recently-used order for both (InstanceCache.evict).
+            self.files = InstanceCache(self.root / "files", self.blocks.size_limit, self.blocks, self.blocks.warn_once)
         self.meta = MetaCache(self.root / "meta")
+
+    def _as_file(self, size: int) -> bool:
+        return size <= WHOLE_FILE and self.files is not None and self.files.usable
+
+    def put(self, series_uuid: str, name: str, size: int, bs: int, first: int, data) -> None:
+        """Store data, which starts at block `first` of a file of `size` bytes cut in blocks of bs bytes:
+        a whole small instance as a file of its own, anything else as blocks."""
+        if first == 0 and len(data) == size and self._as_file(size):
+            self.files.put(series_uuid, name, data)
+        else:
+            self.blocks.put_blocks(series_uuid, name, bs, first, data)
+
+    def has(self, series_uuid: str, name: str, size: int) -> bool:
+        """The whole file is cached."""
+        if self._as_file(size):
+            return self.files.has(series_uuid, name)
+        bs = block_size(size)
+        return all(self.blocks.has(block_key(series_uuid, name, bs, i)) for i in range(-(-size // bs)))
+
+    def whole(self, series_uuid: str, name: str, size: int) -> bytes | None:
+        """A small instance's bytes from the instance files, checked; None if not there or damaged."""
+        return self.files.get(series_uuid, name, size) if self._as_file(size) else None
+
+    @property
+    def corrupt(self) -> int:
+        return (self.blocks.corrupt if self.blocks is not None else 0) + (
+            self.files.corrupt if self.files is not None else 0
+        )
+
+    def touch(self) -> None:
+        """Upkeep every few seconds: access times of what was read, eviction beyond the cap."""
+        if self.blocks is not None:
+            self.blocks.touch()
+        if self.files is not None:
+            self.files.keep()
 
     def stats(self) -> dict:
         c = self.meta.counters()
         lookups = c["hits"] + c["misses"]
-        b = self.blocks
+        b, f = self.blocks, self.files
         return {
             "directory": str(self.root),
-            "size_bytes": b.volume() if b else 0,
-            "size_limit_bytes": b.size_limit if b else 0,
-            "blocks": len(b) if b else 0,
+            "size_bytes": (b.volume() + f.volume()) if b is not None else 0,
+            "size_limit_bytes": b.size_limit if b is not None else 0,
+            "instance_files": len(f) if f is not None else 0,
+            "blocks": len(b) if b is not None else 0,
             "block_size_bytes": BLOCK_SIZE,
             "series_listed": self.meta.listings(),
             "hit_rate": round(c["hits"] / lookups, 4) if lookups else None,
@@ -342,13 +413,15 @@ class CacheDir:
         }
 
     def clear(self) -> None:
-        if self.blocks:
+        if self.blocks is not None:
             self.blocks.clear()
+            self.files.clear()
         self.meta.clear()
         shutil.rmtree(self.root / "trees", ignore_errors=True)
 
     def close(self) -> None:
-        if self.blocks:
+        if self.blocks is not None:
+            self.files.keep(final=True)
             self.blocks.close()
         self.meta.close()
 

@@ -13,7 +13,7 @@ import logging
 import trio
 
 from .background import Background, failpoint
-from .cache import CacheDir
+from .cache import WHOLE_FILE, CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import MEMORY, OpenFile, Reader
@@ -39,7 +39,10 @@ class Engine:
         # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
         meta = cache.meta if cache else None
         self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
-        self.reader = Reader(store, cache.blocks if cache else None, trio.CapacityLimiter(io_threads), memory, meta)
+        blocks = (
+            cache if cache is not None and cache.blocks is not None else None
+        )  # a cache directory without blocks keeps listings only
+        self.reader = Reader(store, blocks, trio.CapacityLimiter(io_threads), memory, meta)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._flushed: dict[str, int] = {}
         self.background: Background | None = None  # set by attach()
@@ -92,6 +95,20 @@ class Engine:
 
     def release(self, of: OpenFile) -> None:
         self.reader.close(of)
+
+    def cached_whole(self, f: InstanceFile) -> bool:
+        """f is a small instance held whole in the cache directory (as far as this process knows)."""
+        c = self.reader.cache
+        return c is not None and f.size <= WHOLE_FILE and c.has(f.series.crdc_series_uuid, f.name, f.size)
+
+    def read_cached(self, f: InstanceFile) -> bytes | None:
+        """f's bytes from the cache directory, checked; None if not there or damaged. Blocking, and safe to
+        call from any thread: idc:// serves cached files this way, with no hop to the engine's thread."""
+        c = self.reader.cache
+        data = None if c is None else c.whole(f.series.crdc_series_uuid, f.name, f.size)
+        if data is not None:
+            self.reader.hits += 1  # from another thread: a rare lost update only undercounts
+        return data
 
     async def metadata(self, node: Node) -> dict[str, str]:
         """What the index says about a file or directory: a file's or a series directory's index columns, with

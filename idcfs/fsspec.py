@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import datetime
 import errno
+import io
 import logging
 import multiprocessing.util
 import os
@@ -361,8 +362,13 @@ class IdcFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
             raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
-        loop = self._loop()
-        f, of = loop.call(_open_file, loop.engine, self._parts(path))  # one hop to the engine, not two
+        loop, parts = self._loop(), self._parts(path)
+        f, of = loop.call(_open_file, loop.engine, parts, True)  # one hop to the engine, not two
+        if of is None:  # cached whole: read here, not through the engine's thread
+            data = loop.engine.read_cached(f)
+            if data is not None:
+                return LocalFile(data, self._strip_protocol(path))
+            f, of = loop.call(_open_file, loop.engine, parts, False)  # damaged or evicted meanwhile
         return IdcFile(self, path, f, of, block_size=block_size, cache_options=cache_options, **kwargs)
 
     # -- read-only: everything that would change the tree
@@ -389,9 +395,15 @@ async def _file(engine: Engine, parts: list[str]) -> InstanceFile:
     return node
 
 
-async def _open_file(engine: Engine, parts: list[str]):
+async def _open_file(engine: Engine, parts: list[str], local: bool = False):
+    """The file and its open state; with `local`, (file, None) if the cache holds it whole. The open is
+    noted either way, so series prefetch and warming see every file a reader opens."""
     f = await _file(engine, parts)
-    return f, engine.open(f)
+    of = engine.open(f)
+    if local and engine.cached_whole(f):
+        engine.release(of)
+        return f, None
+    return f, of
 
 
 async def _cat(engine: Engine, parts: list[str], start: int | None, end: int | None) -> bytes:
@@ -401,6 +413,19 @@ async def _cat(engine: Engine, parts: list[str], start: int | None, end: int | N
         return bytes(await engine.read(of, start, end - start)) if start < end else b""
     finally:
         engine.release(of)
+
+
+class LocalFile(io.BytesIO):
+    """A cached instance, checked and read whole at open: its reads are local and need no engine. Safe to
+    use after fork."""
+
+    def __init__(self, data: bytes, path: str):
+        super().__init__(data)
+        self.path = self.name = path
+        self.size = len(data)
+
+    def readable(self) -> bool:
+        return True
 
 
 class IdcFile(AbstractBufferedFile):

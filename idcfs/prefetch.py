@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import CacheDir, block_key, block_size
+from .cache import CacheDir, block_size
 from .namespace import Series
 from .store import ObjectInfo, ObjectStore
 
@@ -94,14 +94,10 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
                 files += fut.result()
     summary.files = len(files)
 
-    def cached(s: Series, o: ObjectInfo) -> bool:
-        bs = block_size(o.size)
-        return all(cache.blocks.has(block_key(s.crdc_series_uuid, o.name, bs, i)) for i in range(-(-o.size // bs)))
-
     bar = tqdm(total=sum(o.size for _, o in files), unit="B", unit_scale=True, desc="prefetch", disable=not progress)
 
     def fetch(s: Series, o: ObjectInfo) -> None:
-        if cached(s, o):
+        if cache.has(s.crdc_series_uuid, o.name, o.size):
             summary.already_cached += 1
             bar.update(o.size)
             return
@@ -110,7 +106,7 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
         for start in range(0, o.size, step):
             end = min(o.size, start + step)
             data = store.read(s.aws_bucket, f"{s.crdc_series_uuid}/{o.name}", start, end, o.size, o.md5)
-            cache.blocks.put_blocks(s.crdc_series_uuid, o.name, bs, start // bs, data)
+            cache.put(s.crdc_series_uuid, o.name, o.size, bs, start // bs, data)
             gets += 1
             bar.update(len(data))
         summary.bytes += o.size

@@ -44,7 +44,7 @@ from collections import OrderedDict
 import trio
 
 from .background import Background, failpoint
-from .cache import WHOLE_FILE, BlockCache, MetaCache, block_key, block_size
+from .cache import WHOLE_FILE, CacheDir, MetaCache, block_key, block_size
 from .listing import InstanceFile
 from .store import ObjectStore, StoreError
 
@@ -171,7 +171,7 @@ class Reader:
     def __init__(
         self,
         store: ObjectStore,
-        cache: BlockCache | None,
+        cache: CacheDir | None,
         limiter: trio.CapacityLimiter,
         memory: int = MEMORY,
         claims: MetaCache | None = None,
@@ -299,11 +299,14 @@ class Reader:
         k = _key(f, i)
         return k in self._flights or k in self.memory
 
-    def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, memoryview]:
+    def _from_disk(self, f: InstanceFile, indexes: list[int]) -> dict[int, bytes | memoryview]:
+        if f.size <= WHOLE_FILE:  # one block, 0: the instance file
+            data = self.cache.whole(f.series.crdc_series_uuid, f.name, f.size)
+            return {} if data is None else {0: data}
         bs = block_size(f.size)
         found = {}
         for i in indexes:
-            data = self.cache.get(_key(f, i), min(bs, f.size - i * bs))
+            data = self.cache.blocks.get(_key(f, i), min(bs, f.size - i * bs))
             if data is not None:
                 found[i] = data
         return found
@@ -371,21 +374,21 @@ class Reader:
                         # A copy: a view would keep the whole GET buffer alive while --memory counts one block.
                         part = data[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
                         self._deliver(f, i, part, flight)
-                    self._store_later(uuid, f.name, bs, lo, data)
+                    self._store_later(uuid, f.name, f.size, bs, lo, data)
         finally:
             self.in_flight -= 1
             self._land(f, missing, flight)
 
-    def _store_later(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
+    def _store_later(self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes) -> None:
         if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
             return
         self._unstored += len(data)
-        self.background.start_soon(self._store, uuid, name, bs, first, data)
+        self.background.start_soon(self._store, uuid, name, size, bs, first, data)
 
-    async def _store(self, uuid: str, name: str, bs: int, first: int, data: bytes) -> None:
+    async def _store(self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes) -> None:
         try:
             failpoint("store")
-            await trio.to_thread.run_sync(self.cache.put_blocks, uuid, name, bs, first, data, limiter=self.disk)
+            await trio.to_thread.run_sync(self.cache.put, uuid, name, size, bs, first, data, limiter=self.disk)
         finally:
             self._unstored -= len(data)
 
@@ -419,7 +422,7 @@ class Reader:
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += 1
-                    self._store_later(uuid, f.name, HEAD, 0, data)
+                    self._store_later(uuid, f.name, f.size, HEAD, 0, data)
                 flight.blocks[0] = data
                 self.memory.put(k, data)
         finally:
@@ -428,8 +431,8 @@ class Reader:
 
     def _head_from_disk(self, f: InstanceFile, k: str) -> memoryview | None:
         """The head, or the head of the whole file if that is cached instead."""
-        data = self.cache.get(k, HEAD)
-        if data is None and (data := self.cache.get(_key(f, 0), f.size)) is not None:
+        data = self.cache.blocks.get(k, HEAD)
+        if data is None and (data := self.cache.whole(f.series.crdc_series_uuid, f.name, f.size)) is not None:
             data = data[:HEAD]
         return data
 
@@ -485,8 +488,10 @@ class Reader:
 
     def _worth_fetching(self, f: InstanceFile) -> bool:
         """Not in the disk cache, and no other process sharing it is fetching it."""
-        k = _key(f, 0)
-        return not self.cache.has(k) and (self.claims is None or self.claims.claim(k, CLAIM_SECONDS))
+        uuid = f.series.crdc_series_uuid
+        return not self.cache.has(uuid, f.name, f.size) and (
+            self.claims is None or self.claims.claim(_key(f, 0), CLAIM_SECONDS)
+        )
 
     async def _prefetch(self, f: InstanceFile, cost: int, limiter: trio.CapacityLimiter) -> None:
         warming = limiter is self.warm_limiter

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from idcfs.cache import BlockCache, block_key, parse_size
+from idcfs.cache import BlockCache, CacheDir, block_key, parse_size
 from idcfs.faultproxy import FaultProxy
 from idcfs.sandbox import Sandbox, sha256_file
 
@@ -84,6 +87,56 @@ def test_corrupt_blocks_are_dropped_and_refetched(mount, sandbox, tmp_path):
     assert s["get_requests"] > 0
 
 
+def instance_files(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "files").glob("*/*") if not p.name.startswith("."))
+
+
+def test_damaged_instance_files_are_dropped_and_refetched(mount, sandbox, tmp_path):
+    """The warm tier's plain files: each kind of damage is caught at load, the file refetched, never served."""
+    cache = tmp_path / "cache"
+    mnt = mount(cache_dir=cache)
+    assert read_all(mnt) == origin_files(sandbox)
+    unmount(mnt)
+    files = instance_files(cache)
+    assert len(files) > 100
+    for p in files:  # each holds exactly the instance's bytes: what FUSE passthrough needs
+        assert sha256_file(p) == origin_files(sandbox)[f"{p.parent.name}/{p.name}"]
+    damaged = files[:60]
+    for i, p in enumerate(damaged):
+        data = bytearray(p.read_bytes())
+        kind = i % 6
+        if kind == 0:  # truncated in place (the digest stays)
+            with open(p, "r+b") as f:
+                f.truncate(len(data) // 2)
+        elif kind == 1:  # one byte flipped in place
+            with open(p, "r+b") as f:
+                f.seek(len(data) // 2)
+                f.write(bytes([data[len(data) // 2] ^ 0xFF]))
+        elif kind == 2:  # a byte appended
+            with open(p, "ab") as f:
+                f.write(b"\0")
+        elif kind == 3:  # rewritten whole: a new file with no digest
+            p.write_bytes(bytes(data))
+            os.removexattr(p, "user.idcfs.xxh3") if "user.idcfs.xxh3" in os.listxattr(p) else None
+        elif kind == 4:  # emptied
+            with open(p, "r+b") as f:
+                f.truncate(0)
+        else:  # swapped with the next one, digests and all
+            q = damaged[i - 1]
+            tmp = p.with_name(".swap")
+            os.rename(p, tmp)
+            os.rename(q, p)
+            os.rename(tmp, q)
+    mnt = mount(cache_dir=cache)
+    assert read_all(mnt) == origin_files(sandbox)
+    s = mount_stats(mnt)
+    assert s["corrupt_blocks"] >= len(damaged), s
+    assert s["get_requests"] >= len(damaged) and s["hits"] > 0, s
+    unmount(mnt)
+    for p in instance_files(cache):  # refetched whole, and nothing damaged left behind
+        assert sha256_file(p) == origin_files(sandbox)[f"{p.parent.name}/{p.name}"]
+
+
 def test_eviction_keeps_cache_under_cap(mount, sandbox, tmp_path):
     cap = 64 << 20
     assert origin_size(sandbox) > 2 * cap
@@ -94,8 +147,62 @@ def test_eviction_keeps_cache_under_cap(mount, sandbox, tmp_path):
     stats = cache_stats(cache)
     assert stats["size_limit_bytes"] == cap
     assert 0 < stats["size_bytes"] <= cap, stats
-    on_disk = sum(p.stat().st_size for p in (cache / "blocks").rglob("*") if p.is_file())
-    assert on_disk <= cap * 1.05, on_disk
+    on_disk = sum(p.stat().st_size for d in ("blocks", "files") for p in (cache / d).rglob("*") if p.is_file())
+    sizes = {d: sum(p.stat().st_size for p in (cache / d).rglob("*") if p.is_file()) for d in ("blocks", "files")}
+    assert on_disk <= cap * 1.05, (sizes, stats)
+    assert instance_files(cache) and stats["instance_files"] == len(instance_files(cache))
+
+
+def test_two_mounts_share_a_cache_while_one_evicts(mount, sandbox, tmp_path):
+    """A small cap: both mounts write and evict in the shared directory, each reading what the other
+    deletes under it; every read is exact, and the directory ends under the cap."""
+    cap = 64 << 20
+    cache = tmp_path / "shared"
+    a = mount("--cache-size", "64M", cache_dir=cache)
+    b = mount("--cache-size", "64M", cache_dir=cache)
+    want = origin_files(sandbox)
+    jobs = []
+    for m, seed in ((a, 1), (b, 2), (a, 3), (b, 4)):
+        files = files_under(m) * 2
+        random.Random(seed).shuffle(files)
+        jobs.append(files)
+
+    def check(paths):
+        return [p for p in paths if sha256_file(p) != want[f"{uuid_of(p)}/{p.name}"]]
+
+    with ThreadPoolExecutor(4) as pool:
+        wrong = [p for bad in pool.map(check, jobs) for p in bad]
+    assert not wrong, wrong[:5]
+    time.sleep(3)  # one more upkeep round in each mount
+    for m in (a, b):
+        unmount(m)
+    on_disk = sum(p.stat().st_size for d in ("blocks", "files") for p in (cache / d).rglob("*") if p.is_file())
+    assert on_disk <= cap * 1.1, on_disk
+    c = mount(cache_dir=cache)
+    assert read_all(c) == want
+    assert mount_stats(c)["corrupt_blocks"] == 0
+
+
+def test_kill_9_during_cache_writes_leaves_nothing_torn(sandbox, mount, tmp_path):
+    """`idcfs prefetch` writes the cache as fast as it can; killed at five moments, then a mount offline
+    serves only whole entries (and refetches nothing it has not got)."""
+    cache = tmp_path / "cache"
+    args = [sys.executable, "-m", "idcfs", "prefetch", "-q", "--manifest", str(sandbox.manifest),
+            "--cache-dir", str(cache), "--s3-endpoint", sandbox.s3_endpoint]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(5):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 3.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    files = instance_files(cache)
+    assert 0 < len(files) < len(sandbox.objects)
+    for p in files:  # an entry in place is whole: written to a temporary name, fsynced, then renamed
+        assert sha256_file(p) == origin_files(sandbox)[f"{p.parent.name}/{p.name}"]
+    mnt = mount(cache_dir=cache)
+    assert read_all(mnt) == origin_files(sandbox)
+    s = mount_stats(mnt)
+    assert s["corrupt_blocks"] == 0 and s["hits"] >= len(files), s
 
 
 READER = textwrap.dedent(
@@ -358,4 +465,28 @@ def test_touch_handles_blocks_kept_inline(tmp_path):
     assert bytes(cache.get("small@0x100", len(small))) == small
     assert bytes(cache.get("big@0x102400", len(big))) == big
     cache.touch()  # raised AttributeError: 'bytes' object has no attribute 'close'
+    cache.close()
+
+
+def test_instance_files_and_blocks_share_one_lru_order(tmp_path):
+    """Eviction takes the least recently used of both tiers, files by mtime and blocks by access time."""
+    cache = CacheDir(tmp_path, 64 << 20)
+    files, blocks = cache.files, cache.blocks
+    mb = os.urandom(1 << 20)
+    for i in range(40):  # oldest first: file 0, block 0, file 1, block 1, ...
+        files.put("s", f"f{i}.dcm", mb)
+        os.utime(files.path("s", f"f{i}.dcm"), (1000 + 2 * i, 1000 + 2 * i))
+        key = block_key("s", f"b{i}.dcm", 256 << 10, 0)
+        blocks.put(key, mb)
+        blocks._cache._sql("UPDATE Cache SET access_time = ? WHERE key = ?", (1001 + 2 * i, key))
+    assert files.volume() + blocks.footprint() > cache.files.size_limit
+    files.evict()
+    kept_files = {p.name for p in (tmp_path / "files" / "s").iterdir()}
+    kept_blocks = {k.split("/")[1].split("@")[0] for k in blocks._cache.iterkeys()}
+    assert files.volume() + blocks.footprint() <= 64 << 20
+    lost = [f"f{i}.dcm" not in kept_files for i in range(40)], [f"b{i}.dcm" not in kept_blocks for i in range(40)]
+    # What went is a prefix of the merged order: the oldest of both, alternating.
+    n_files, n_blocks = sum(lost[0]), sum(lost[1])
+    assert lost[0] == [i < n_files for i in range(40)] and lost[1] == [i < n_blocks for i in range(40)]
+    assert abs(n_files - n_blocks) <= 1 and n_files > 0
     cache.close()

@@ -21,6 +21,8 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+from idcfs.cache import WHOLE_FILE
+from idcfs.fsspec import LocalFile
 from idcfs.sandbox import sha256_file
 
 from .conftest import by_modality, idcfs, mount_stats, origin_files, series_dir
@@ -163,6 +165,36 @@ def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
     if start_method == "fork":  # a forked worker has its own engine over the parent's tree (copy-on-write)
         assert {tree for _, _, _, tree in results} == {id(fs.engine.ns)}
     assert hashlib.sha256(fs.cat_file(paths[-1])).hexdigest() == origin[_key(fs, paths[-1])]  # parent still fine
+
+
+def test_cached_instances_open_as_local_file_objects(sandbox, tmp_path):
+    """Once cached whole, an instance opens as a local file object: checked at open, its reads need no engine."""
+    fs = _fs(sandbox, tmp_path / "cache")
+    origin = origin_files(sandbox)
+    small = [p for p in fs.find("") if fs.info(p)["size"] <= WHOLE_FILE]
+    with fs.open(small[0]) as f:
+        assert not isinstance(f, LocalFile)  # not cached yet: read through the engine
+    for p in small:  # the rest may be cached by the series prefetch by the time it is opened
+        with fs.open(p) as f:
+            assert hashlib.sha256(f.read()).hexdigest() == origin[_key(fs, p)]
+    deadline = time.monotonic() + 30
+    while fs.stats()["unstored_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gets = fs.stats()["get_requests"]
+    for p in small:
+        with fs.open(p) as f:
+            assert isinstance(f, LocalFile) and f.size == fs.info(p)["size"]
+            head = f.read(132)
+            f.seek(0)
+            data = f.read()
+        assert head[128:] == b"DICM" and hashlib.sha256(data).hexdigest() == origin[_key(fs, p)], p
+    assert fs.stats()["get_requests"] == gets
+    # A damaged entry is not handed out: the open goes through the engine, which refetches it.
+    victim = tmp_path / "cache" / "files" / _key(fs, small[0])
+    victim.write_bytes(victim.read_bytes()[:-1] + b"!")
+    with fs.open(small[0]) as f:
+        assert not isinstance(f, LocalFile)
+        assert hashlib.sha256(f.read()).hexdigest() == origin[_key(fs, small[0])]
 
 
 def test_dicom_libraries_on_idc_paths(mount, sandbox, tmp_path):

@@ -1,0 +1,296 @@
+"""The warm tier: whole instances as plain files, `files/<crdc_series_uuid>/<file name>`, no database.
+
+An instance up to WHOLE_FILE bytes (most CT and MR) is kept as one file holding exactly its bytes, so a
+cached read is an open() and a read(), with no SQLite query; the same file can back FUSE passthrough, or be
+handed to a DataLoader worker as is. Larger files (slides) stay in the block cache.
+
+What is checked, and when:
+- at write: the bytes were checked against the origin's MD5 (whole-object GETs) and their length; they are
+  written to a temporary file with an XXH3-128 digest of name and bytes in the extended attribute
+  `user.idcfs.xxh3`,
+  fsynced and renamed into place, so a crash (kill -9, power loss) leaves either the whole entry or a
+  temporary file that is never read and is removed later;
+- at load (once per open by the mount, once per open by idc://): the length against the listed size and
+  the bytes against the digest. A torn, rotten or swapped entry fails, is deleted and counted, and the
+  file is fetched again. Reads of a loaded file are served from memory, with no further check.
+
+Least-recently-used order is each file's mtime: reads are noted in memory and the files touched in one
+batch every few seconds. Eviction scans the directory in the background, under a lock file so that one of
+the processes sharing the cache directory evicts at a time, and deletes the least recently used files and
+blocks (the block cache's access times), in one order, until both together are under the cap, with some
+headroom so it runs in batches. A file deleted
+while another process reads it stays readable to that process (POSIX), and is refetched by the next.
+
+A file system without user extended attributes, a full disk or a directory that cannot be written turns
+the tier off for this process (a warning once); reads go on through the block cache or uncached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import xxhash
+
+log = logging.getLogger(__name__)
+
+XATTR = "user.idcfs.xxh3"
+HEADROOM = 0.9  # eviction goes down to this share of the cap, so it runs in batches
+RESCAN_SECONDS = 60.0  # other processes' writes are seen at the latest this long after
+STALE_TMP_SECONDS = 600.0
+_TMP = ".tmp."
+
+
+def digest(key: str, data) -> bytes:
+    """Of the entry's name and bytes: a file moved to another name fails too."""
+    h = xxhash.xxh3_128(key.encode())
+    h.update(data)
+    return h.digest()
+
+
+class InstanceCache:
+    def __init__(
+        self,
+        root: Path,
+        size_limit: int,
+        blocks=None,
+        warn: Callable[[str, Exception], None] | None = None,
+    ):
+        self.root = Path(root)
+        self.size_limit = size_limit
+        self.blocks = blocks  # the block cache beside it (cache.BlockCache), under the same cap and LRU order
+        self.corrupt = 0
+        self.usable = True
+        self._lock = threading.Lock()
+        self._present: set[str] = set()  # "<series>/<name>", as far as this process knows
+        self._touched: list[str] = []
+        self._volume = 0  # bytes, as of the last scan plus what this process wrote since
+        self._written_since_scan = 0
+        self._scanned_at = 0.0
+        self._warned: set[str] = set()
+        self._warn = warn or self._warn_once
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._off("create", e)
+
+    def _off(self, what: str, err: OSError) -> None:
+        if err.errno in (errno.ENOTSUP, errno.EROFS, errno.EACCES, errno.EPERM) or what == "create":
+            self.usable = False
+        self._warn(what, err)
+
+    def _warn_once(self, what: str, err: Exception) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("instance cache %s failed in %s (%s); reads go on uncached", what, self.root, err)
+
+    def path(self, series_uuid: str, name: str) -> Path:
+        return self.root / series_uuid / name
+
+    # -- the read side
+
+    def has(self, series_uuid: str, name: str) -> bool:
+        key = f"{series_uuid}/{name}"
+        return key in self._present or os.path.exists(self.root / key)
+
+    def get(self, series_uuid: str, name: str, size: int) -> bytes | None:
+        """The instance's bytes if the entry is whole and intact, else None (a damaged entry is deleted)."""
+        if not self.usable:
+            return None
+        key = f"{series_uuid}/{name}"
+        try:
+            fd = os.open(self.root / key, os.O_RDONLY | os.O_NOATIME)
+        except PermissionError:  # O_NOATIME needs the file's owner
+            fd = os.open(self.root / key, os.O_RDONLY)
+        except FileNotFoundError:
+            self._present.discard(key)
+            return None
+        except OSError as e:
+            self._off("read", e)
+            return None
+        try:
+            chunks, n = [], 0
+            while n <= size:  # one byte more than the instance shows an entry that is longer
+                chunk = os.read(fd, size + 1 - n)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                n += len(chunk)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                stored = os.getxattr(fd, XATTR)
+            except OSError:
+                stored = b""
+        except OSError as e:
+            self._off("read", e)
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != size or stored != digest(key, data):
+            self.corrupt += 1
+            log.warning("cached instance %s is damaged; dropped and refetched", key)
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / key)
+            self._present.discard(key)
+            return None
+        self._present.add(key)
+        self._touched.append(key)
+        return data
+
+    # -- the write side
+
+    def put(self, series_uuid: str, name: str, data) -> None:
+        """Store a whole instance atomically: temporary file, digest, fsync, rename."""
+        if not self.usable:
+            return
+        key = f"{series_uuid}/{name}"
+        directory = self.root / series_uuid
+        tmp = directory / f"{_TMP}{name}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            directory.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.setxattr(fd, XATTR, digest(key, data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, directory / name)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._off("write", e)
+            return
+        with self._lock:
+            if key not in self._present:
+                self._present.add(key)
+                self._volume += len(data)
+                self._written_since_scan += len(data)
+
+    # -- upkeep, in the background
+
+    def keep(self, final: bool = False) -> None:
+        """Note the files read since the last call as recently used; evict if the cap is exceeded. `final`
+        (at close): wait for another eviction in progress, then scan, so what this process wrote is counted."""
+        keys, self._touched = self._touched, []
+        for key in dict.fromkeys(keys):
+            with contextlib.suppress(OSError):
+                os.utime(self.root / key)
+        now = time.monotonic()
+        over = self._volume + self._blocks_footprint() > self.size_limit
+        stale = self._written_since_scan and now - self._scanned_at > RESCAN_SECONDS
+        if final or over or stale or not self._scanned_at:
+            self.evict(wait=final)
+
+    def evict(self, wait: bool = False) -> int:
+        """Scan the tier and delete the least recently used files beyond the cap; the bytes deleted."""
+        if not self.usable:
+            return 0
+        try:
+            lock = os.open(self.root / ".evict.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._off("evict", e)
+            return 0
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:  # another process or thread is evicting: take its result at the next scan
+                return 0
+            entries, total = self._scan()
+            held = total + self._blocks_footprint()
+            freed = 0
+            if held > self.size_limit:
+                freed = self._free(sorted(entries), held - self.size_limit * HEADROOM)
+            with self._lock:
+                self._volume = total - freed
+                self._written_since_scan = 0
+                self._scanned_at = time.monotonic()
+            return freed
+        finally:
+            os.close(lock)
+
+    def _blocks_footprint(self) -> int:
+        return self.blocks.footprint() if self.blocks is not None else 0
+
+    def _free(self, files: list[tuple[float, int, str]], need: float) -> int:
+        """Delete the least recently used files and blocks, merged in one order, until `need` bytes are
+        freed; the bytes of files deleted."""
+        page, offset, blocks = [], 0, []
+        i = freed = files_freed = 0
+        while freed < need:
+            if not page and self.blocks is not None:
+                page = self.blocks.lru_page(offset, 1000)[::-1]
+                offset += len(page)
+            if i < len(files) and (not page or files[i][0] <= page[-1][0]):
+                _, size, key = files[i]
+                i += 1
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.root / key)
+                    freed += size
+                    files_freed += size
+                self._present.discard(key)
+            elif page:
+                _, size, key = page.pop()
+                blocks.append(key)
+                freed += size
+            else:
+                break
+        if blocks:
+            self.blocks.delete_keys(blocks)
+        return files_freed
+
+    def _scan(self) -> tuple[list[tuple[float, int, str]], int]:
+        entries, total, now = [], 0, time.time()
+        present = set()
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as series:
+            for d in series:
+                if not d.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(d.path) as files:
+                    for f in files:
+                        try:
+                            st = f.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if f.name.startswith(_TMP):  # left by a crash, or being written now
+                            if now - st.st_mtime > STALE_TMP_SECONDS:
+                                with contextlib.suppress(OSError):
+                                    os.unlink(f.path)
+                            continue
+                        key = f"{d.name}/{f.name}"
+                        entries.append((st.st_mtime, st.st_size, key))
+                        present.add(key)
+                        total += st.st_size
+        self._present = present
+        return entries, total
+
+    # -- for stats and `idcfs cache clear`
+
+    def volume(self) -> int:
+        if not self._scanned_at:
+            _, self._volume = self._scan()
+            self._scanned_at = time.monotonic()
+        return self._volume
+
+    def __len__(self) -> int:
+        self.volume()
+        return len(self._present)
+
+    def clear(self) -> int:
+        entries, _ = self._scan()
+        for _, _, key in entries:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / key)
+        with self._lock:
+            self._present.clear()
+            self._volume = 0
+        return len(entries)
