@@ -379,6 +379,10 @@ class CacheDir:
         bs = block_size(size)
         return all(self.blocks.has(block_key(series_uuid, name, bs, i)) for i in range(-(-size // bs)))
 
+    def may_hold(self, series_uuid: str, name: str, size: int) -> bool:
+        """False if the file is certainly not cached, known without a database query (a stat at most)."""
+        return not self._as_file(size) or self.files.has(series_uuid, name)
+
     def whole(self, series_uuid: str, name: str, size: int) -> bytes | None:
         """A small instance's bytes from the instance files, checked; None if not there or damaged."""
         return self.files.get(series_uuid, name, size) if self._as_file(size) else None

@@ -316,7 +316,8 @@ class Reader:
         try:
             failpoint("load")
             found: dict[int, memoryview] = {}
-            if self.cache is not None:
+            # A small file not in the instance files (a stat, here) needs no thread hop to find that out.
+            if self.cache is not None and self.cache.may_hold(f.series.crdc_series_uuid, f.name, f.size):
                 wanted = [i for lo, hi, _ in runs for i in range(lo, hi)]
                 found = await trio.to_thread.run_sync(self._from_disk, f, wanted, limiter=self.disk)
                 self.hits += len(found)
