@@ -74,6 +74,7 @@ class InstanceCache:
         self._volume = 0  # bytes, as of the last scan plus what this process wrote since
         self._written_since_scan = 0
         self._scanned_at = 0.0
+        self._blocks_seen = 0  # the block cache's footprint at the last upkeep
         self._warned: set[str] = set()
         self._warn = warn or self._warn_once
         try:
@@ -175,6 +176,9 @@ class InstanceCache:
                 self._present.add(key)
                 self._volume += len(data)
                 self._written_since_scan += len(data)
+            over = self._volume + self._blocks_seen > self.size_limit
+        if over:  # in this writer's thread, off the read path: the cap is not overshot until the next upkeep
+            self.evict()
 
     # -- upkeep, in the background
 
@@ -219,7 +223,8 @@ class InstanceCache:
             os.close(lock)
 
     def _blocks_footprint(self) -> int:
-        return self.blocks.footprint() if self.blocks is not None else 0
+        self._blocks_seen = self.blocks.footprint() if self.blocks is not None else 0
+        return self._blocks_seen
 
     def _free(self, files: list[tuple[float, int, str]], need: float) -> int:
         """Delete the least recently used files and blocks, merged in one order, until `need` bytes are
