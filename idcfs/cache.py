@@ -6,8 +6,8 @@ share between threads, processes and concurrent mounts of one cache directory.
 - files/: whole instances up to WHOLE_FILE bytes (most CT and MR), one plain file
   each, checked against a digest in an extended attribute (instancecache.py).
 - blocks/: blocks of larger instance files, and heads, capped in size together
-  with files/ and evicted least recently used. Keys name content, not location (`<series uuid>/<file>@<block>`), so a
-  block read from AWS also serves a GCS mount. Each value is the block followed
+  with files/ and evicted least recently used. Keys name content, not location
+  (`<series uuid>/<file>@<block>`), so a block read from AWS also serves a GCS mount. Each value is the block followed
   by an XXH3-128 digest of key and block: a torn, truncated, rotten or swapped
   value fails the check, is deleted and counts as a miss, so it is refetched
   and never served.
@@ -378,6 +378,10 @@ class CacheDir:
             return self.files.has(series_uuid, name)
         bs = block_size(size)
         return all(self.blocks.has(block_key(series_uuid, name, bs, i)) for i in range(-(-size // bs)))
+
+    def has_whole(self, series_uuid: str, name: str, size: int) -> bool:
+        """A small instance is among the instance files (memory, or a stat; no database query)."""
+        return self._as_file(size) and self.files.has(series_uuid, name)
 
     def may_hold(self, series_uuid: str, name: str, size: int) -> bool:
         """False if the file is certainly not cached, known without a database query (a stat at most)."""

@@ -13,7 +13,7 @@ import logging
 import trio
 
 from .background import Background, failpoint
-from .cache import WHOLE_FILE, CacheDir
+from .cache import CacheDir
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import MEMORY, OpenFile, Reader
@@ -39,10 +39,9 @@ class Engine:
         # GETs, LISTs and the local disk each have their own threads: a stalled origin holds only its own.
         meta = cache.meta if cache else None
         self.listings = Listings(ns, store, meta, trio.CapacityLimiter(16), first_ino=ns.num_dirs + 2)
-        blocks = (
-            cache if cache is not None and cache.blocks is not None else None
-        )  # a cache directory without blocks keeps listings only
-        self.reader = Reader(store, blocks, trio.CapacityLimiter(io_threads), memory, meta)
+        # A cache directory without blocks (--cache-size 0) keeps listings only.
+        disk = cache if cache is not None and cache.blocks is not None else None
+        self.reader = Reader(store, disk, trio.CapacityLimiter(io_threads), memory, meta)
         self._db = trio.CapacityLimiter(1)  # one duckdb connection
         self._flushed: dict[str, int] = {}
         self.background: Background | None = None  # set by attach()
@@ -99,7 +98,7 @@ class Engine:
     def cached_whole(self, f: InstanceFile) -> bool:
         """f is a small instance held whole in the cache directory (as far as this process knows)."""
         c = self.reader.cache
-        return c is not None and f.size <= WHOLE_FILE and c.has(f.series.crdc_series_uuid, f.name, f.size)
+        return c is not None and c.has_whole(f.series.crdc_series_uuid, f.name, f.size)
 
     def read_cached(self, f: InstanceFile) -> bytes | None:
         """f's bytes from the cache directory, checked; None if not there or damaged. Blocking, and safe to

@@ -7,9 +7,8 @@ handed to a DataLoader worker as is. Larger files (slides) stay in the block cac
 What is checked, and when:
 - at write: the bytes were checked against the origin's MD5 (whole-object GETs) and their length; they are
   written to a temporary file with an XXH3-128 digest of name and bytes in the extended attribute
-  `user.idcfs.xxh3`,
-  fsynced and renamed into place, so a crash (kill -9, power loss) leaves either the whole entry or a
-  temporary file that is never read and is removed later;
+  `user.idcfs.xxh3`, fsynced and renamed into place, so a crash (kill -9, power loss) leaves either the
+  whole entry or a temporary file that is never read and is removed later;
 - at load (once per open by the mount, once per open by idc://): the length against the listed size and
   the bytes against the digest. A torn, rotten or swapped entry fails, is deleted and counted, and the
   file is fetched again. Reads of a loaded file are served from memory, with no further check.
@@ -18,8 +17,8 @@ Least-recently-used order is each file's mtime: reads are noted in memory and th
 batch every few seconds. Eviction scans the directory in the background, under a lock file so that one of
 the processes sharing the cache directory evicts at a time, and deletes the least recently used files and
 blocks (the block cache's access times), in one order, until both together are under the cap, with some
-headroom so it runs in batches. A file deleted
-while another process reads it stays readable to that process (POSIX), and is refetched by the next.
+headroom so it runs in batches. A file deleted while another process reads it stays readable to that
+process (POSIX), and is refetched by the next.
 
 A file system without user extended attributes, a full disk or a directory that cannot be written turns
 the tier off for this process (a warning once); reads go on through the block cache or uncached.
