@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean
+.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -25,6 +25,13 @@ $(VENV)/.installed: pyproject.toml $(LOCK) | system-deps
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	touch $@
+
+# FUSE passthrough (Linux 6.9+, as root): libfuse 3.17 from Debian's source package and a patched pyfuse3, in
+# $(VENV) only. The default build keeps Debian's libfuse 3.14 and serves every read from the daemon.
+passthrough: $(VENV)/.installed
+	@command -v dpkg-source >/dev/null && command -v patch >/dev/null || { echo "installing dpkg-dev, patch"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dpkg-dev patch >/dev/null; }
+	packaging/passthrough/build $(VENV)
 
 # uv resolves for every Python and platform pyproject admits in one file (pip-compile resolves for the
 # running interpreter only), and in seconds.

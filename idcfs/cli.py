@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "once per provider (default 30)",
     )
     m.add_argument(
+        "--passthrough",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: the kernel reads cached instances from their files itself (FUSE passthrough), where the "
+        "kernel, the pyfuse3 build (make passthrough) and root allow it; off: the daemon serves every read "
+        "(default auto)",
+    )
+    m.add_argument(
         "--allow-other",
         action="store_true",
         help="let other users read the mount: any local user can then read what it serves and make it fetch "
@@ -414,7 +422,8 @@ def _serve_mount(args, pipe) -> int:
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
-    ops = IdcOperations(Engine(ns, store, cache, memory=args.memory), mtime_ns=mtime_ns)
+    engine = Engine(ns, store, cache, memory=args.memory)
+    ops = IdcOperations(engine, mtime_ns=mtime_ns, passthrough=args.passthrough == "auto")
 
     served = _served(ns)
 

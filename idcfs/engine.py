@@ -109,6 +109,15 @@ class Engine:
             self.reader.hits += 1  # from another thread: a rare lost update only undercounts
         return data
 
+    def open_cached(self, f: InstanceFile) -> int | None:
+        """A read-only descriptor of f's checked file in the cache directory, or None. Blocking: for FUSE
+        passthrough, which hands the file to the kernel to read."""
+        c = self.reader.cache
+        fd = None if c is None else c.open_whole(f.series.crdc_series_uuid, f.name, f.size)
+        if fd is not None:
+            self.reader.hits += 1
+        return fd
+
     async def metadata(self, node: Node) -> dict[str, str]:
         """What the index says about a file or directory: a file's or a series directory's index columns, with
         bucket and URL; for every directory, what its subtree holds (series, licenses, source DOIs)."""

@@ -21,6 +21,7 @@ import trio
 from .cache import BLOCK_SIZE, WHOLE_FILE
 from .engine import Engine, Node
 from .listing import InstanceFile
+from .passthrough import Passthrough, stacked_filesystem
 from .readpath import OpenFile
 from .store import StoreError
 
@@ -61,9 +62,14 @@ class IdcOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, engine: Engine, mtime_ns: int):
+    def __init__(self, engine: Engine, mtime_ns: int, passthrough: bool = True):
         super().__init__()
         self.engine = engine
+        files = engine.cache is not None and engine.cache.files is not None
+        self.passthrough = Passthrough(passthrough, None if files else "no instance files (--cache-size 0)")
+        # Read by the patched pyfuse3 at FUSE init (`make passthrough`); the stock one ignores them.
+        self.enable_passthrough = self.passthrough.wanted
+        self.passthrough_stacked_over = self.passthrough.wanted and stacked_filesystem(engine.cache.root)
         self.ns = engine.ns
         self.mtime_ns = mtime_ns
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -74,7 +80,15 @@ class IdcOperations(pyfuse3.Operations):
         """Called by the mount loop: background fetches, cache writes and counter flushes run in nursery."""
         self.engine.attach(nursery)
 
+    def init(self) -> None:
+        # Called by pyfuse3 inside FUSE init, where an exception would be lost.
+        try:
+            self.passthrough.negotiated()
+        except Exception:
+            log.exception("passthrough negotiation")
+
     def close(self) -> None:
+        self.passthrough.close()
         self.engine.close()
 
     # -- attributes
@@ -198,6 +212,12 @@ class IdcOperations(pyfuse3.Operations):
         # one tile read into megabytes of GETs. Our own readahead serves sequential readers of them.
         if f.size > WHOLE_FILE:
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        backing_id = 0
+        if self.passthrough.on and self.engine.cached_whole(f):
+            backing_id = await self.passthrough.choose(inode, functools.partial(self.engine.open_cached, f))
+        self.passthrough.opened(fh, inode, backing_id)
+        if backing_id:  # the kernel reads the cached file itself; the page cache is the backing file's
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary
@@ -210,6 +230,7 @@ class IdcOperations(pyfuse3.Operations):
     @_boundary
     async def release(self, fh):
         of = self._open.pop(fh, None)
+        self.passthrough.released(fh)
         if of is not None:
             self.engine.release(of)
 
@@ -237,7 +258,9 @@ class IdcOperations(pyfuse3.Operations):
         dir_id = self._dir_id(inode)
         meta = await self.engine.metadata(self._file(inode) if dir_id is None else dir_id)
         if dir_id == 0:  # control attributes of the mount itself
-            meta["stats"] = json.dumps({**self.engine.stats(), "open_files": len(self._open)})
+            meta["stats"] = json.dumps(
+                {**self.engine.stats(), **self.passthrough.stats(), "open_files": len(self._open)}
+            )
         return meta
 
     @_boundary

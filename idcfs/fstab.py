@@ -33,6 +33,7 @@ VALUE_OPTIONS = {
     "cache_dir": False,
     "cache_size": False,
     "memory": False,
+    "passthrough": False,
     "timeout": False,
     "log_level": False,
     "log_file": False,

@@ -9,8 +9,9 @@ What is checked, and when:
   written to a temporary file with an XXH3-128 digest of name and bytes in the extended attribute
   `user.idcfs.xxh3`, fsynced and renamed into place, so a crash (kill -9, power loss) leaves either the
   whole entry or a temporary file that is never read and is removed later;
-- at load (once per open by the mount, once per open by idc://): the length against the listed size and
-  the bytes against the digest. A torn, rotten or swapped entry fails, is deleted and counted, and the
+- at load (once per open by the mount, once per open by idc://, and when an open hands the file to the
+  kernel as a FUSE passthrough backing file): the length against the listed size and the bytes against the
+  digest. A torn, rotten or swapped entry fails, is deleted and counted, and the
   file is fetched again. Reads of a loaded file are served from memory, with no further check.
 
 Least-recently-used order is each file's mtime: reads are noted in memory and the files touched in one
@@ -102,6 +103,16 @@ class InstanceCache:
 
     def get(self, series_uuid: str, name: str, size: int) -> bytes | None:
         """The instance's bytes if the entry is whole and intact, else None (a damaged entry is deleted)."""
+        got = self._checked(series_uuid, name, size, keep_open=False)
+        return None if got is None else got[1]
+
+    def open_checked(self, series_uuid: str, name: str, size: int) -> int | None:
+        """A read-only descriptor of the entry, once its bytes were checked (a FUSE passthrough backing file),
+        or None. The caller closes it."""
+        got = self._checked(series_uuid, name, size, keep_open=True)
+        return None if got is None else got[0]
+
+    def _checked(self, series_uuid: str, name: str, size: int, keep_open: bool) -> tuple[int, bytes] | None:
         if not self.usable:
             return None
         key = f"{series_uuid}/{name}"
@@ -115,6 +126,7 @@ class InstanceCache:
         except OSError as e:
             self._off("read", e)
             return None
+        good = False
         try:
             chunks, n = [], 0
             while n <= size:  # one byte more than the instance shows an entry that is longer
@@ -128,12 +140,14 @@ class InstanceCache:
                 stored = os.getxattr(fd, XATTR)
             except OSError:
                 stored = b""
+            good = len(data) == size and stored == digest(key, data)
         except OSError as e:
             self._off("read", e)
             return None
         finally:
-            os.close(fd)
-        if len(data) != size or stored != digest(key, data):
+            if not (good and keep_open):
+                os.close(fd)
+        if not good:
             self.corrupt += 1
             log.warning("cached instance %s is damaged; dropped and refetched", key)
             with contextlib.suppress(OSError):
@@ -142,7 +156,7 @@ class InstanceCache:
             return None
         self._present.add(key)
         self._touched.append(key)
-        return data
+        return fd, data
 
     # -- the write side
 
