@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean passthrough
+.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -60,6 +60,11 @@ demo-stop:
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check idcfs tests bench
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The mount tests on the build of `make passthrough`, where the kernel reads cached instances itself.
+test-passthrough: $(VENV)/.installed
+	@$(PY) -c "import pyfuse3, sys; sys.exit(0 if hasattr(pyfuse3, 'backing_open') else 'run make passthrough first')"
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # idcfs as users install it: the wheel, no extras, the newest versions pyproject allows (pip), checked against

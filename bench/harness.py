@@ -135,14 +135,15 @@ def local_disk(state, endpoint=None, work=None):
 
 
 @contextlib.contextmanager
-def idcfs_mount(state, endpoint, work: Path, source: str = "aws"):
-    """A fresh idcfs mount with an empty cache directory; `source` picks the provider behind `endpoint`."""
+def idcfs_mount(state, endpoint, work: Path, source: str = "aws", extra: tuple = ()):
+    """A fresh idcfs mount with an empty cache directory; `source` picks the provider behind `endpoint`;
+    `extra`: more `idcfs mount` flags."""
     mnt, cache = work / "idcfs", work / "idcfs-cache"
     shutil.rmtree(cache, ignore_errors=True)
     mnt.mkdir(exist_ok=True)
     s3, gcs = (endpoint, CLOSED) if source == "aws" else (CLOSED, endpoint)
     r = run([sys.executable, "-m", "idcfs", "mount", mnt, "--manifest", state.manifest, "--cache-dir", cache,
-             "--source", source, "--s3-endpoint", s3, "--gcs-endpoint", gcs])  # fmt: skip
+             "--source", source, "--s3-endpoint", s3, "--gcs-endpoint", gcs, *extra])  # fmt: skip
     if r.returncode:
         raise RuntimeError(r.stderr)
     rows = {s["crdc_series_uuid"]: s for s in state.series}
@@ -201,6 +202,7 @@ def s3fs_mount(state, endpoint, work: Path):
 MOUNTS = {
     "local disk": local_disk,
     "idcfs": idcfs_mount,
+    "idcfs no-passthrough": lambda *a: idcfs_mount(*a, extra=("--passthrough", "off")),
     "rclone mount": rclone_mount,
     "rclone vfs-full": lambda *a: rclone_mount(*a, vfs_cache="full"),
     "s3fs-fuse": s3fs_mount,

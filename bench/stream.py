@@ -42,7 +42,7 @@ from .harness import (
     summary,
 )
 
-EPOCH_TOOLS = ("idcfs", "local disk", "rclone vfs-full")
+EPOCH_TOOLS = ("idcfs", "idcfs no-passthrough", "local disk", "rclone vfs-full")
 
 # -- workloads
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                             continue
                         if tool != "rclone vfs-full":  # measured for its epochs only
                             with MOUNTS[tool](state, proxy.url, work) as src:
-                                pid = daemon_pid(work / "idcfs") if tool == "idcfs" else 0
+                                pid = daemon_pid(work / "idcfs") if tool.startswith("idcfs") else 0
                                 cpu = cpu_seconds(pid) if pid else 0.0
                                 t = time.perf_counter()
                                 got = series_in_order(src, uuids, work / "dest")
@@ -144,14 +144,21 @@ def main(argv=None) -> int:
                                 if pid:
                                     gets = mount_stats(work / "idcfs")["get_requests"]
                                     per_get = (cpu_seconds(pid) - cpu) / gets * 1e3
-                                    runs.setdefault("idcfs daemon CPU ms per GET", []).append(per_get)
+                                    runs.setdefault(f"{tool} daemon CPU ms per GET", []).append(per_get)
                         if tool in EPOCH_TOOLS:
                             with MOUNTS[tool](state, proxy.url, work) as src:
                                 paths = [str(f) for u in uuids for f in sorted(src(u).iterdir())]
                                 drop_caches()
                                 cold = epoch(paths, workers=args.workers)
                                 drop_caches()  # the second epoch: idcfs serves from its block cache
+                                pid = daemon_pid(work / "idcfs") if tool.startswith("idcfs") else 0
+                                cpu = cpu_seconds(pid) if pid else 0.0
+                                opens = mount_stats(work / "idcfs")["passthrough_opens"] if pid else 0
                                 warm = epoch(paths, workers=args.workers, seed=1)
+                                if pid:
+                                    warm["daemon_cpu_ms_per_file"] = (cpu_seconds(pid) - cpu) / len(paths) * 1e3
+                                    opens = mount_stats(work / "idcfs")["passthrough_opens"] - opens
+                                    warm["passthrough_opens"] = opens
                                 epochs.append({"cold": cold, "warm": warm})
                     runs[tool] = {"series_MBps": summary(rates) if rates else None, "epochs": epochs}
                     if rates:
@@ -160,12 +167,15 @@ def main(argv=None) -> int:
                     for e in epochs:
                         print(f"{'':20} epoch cold {e['cold']['files_per_s']:.0f} files/s "
                               f"(first batch {e['cold']['first_batch_s']:.2f}s), "
-                              f"warm {e['warm']['files_per_s']:.0f} files/s", flush=True)  # fmt: skip
-                per_get = runs.get("idcfs daemon CPU ms per GET")
-                if isinstance(per_get, list):
-                    runs["idcfs daemon CPU ms per GET"] = summary(per_get)
-                    print(f"{latency:g} ms  idcfs daemon CPU per GET: {statistics.median(per_get):.2f} ms "
-                          f"(runs: {', '.join(f'{r:.2f}' for r in per_get)})", flush=True)  # fmt: skip
+                              f"warm {e['warm']['files_per_s']:.0f} files/s"
+                              + (f", daemon CPU {e['warm']['daemon_cpu_ms_per_file']:.3f} ms/file, "
+                                 f"{e['warm']['passthrough_opens']} passthrough opens"
+                                 if "daemon_cpu_ms_per_file" in e["warm"] else ""), flush=True)  # fmt: skip
+                for key, per_get in list(runs.items()):
+                    if key.endswith("daemon CPU ms per GET") and isinstance(per_get, list):
+                        runs[key] = summary(per_get)
+                        print(f"{latency:g} ms  {key}: {statistics.median(per_get):.2f} "
+                              f"(runs: {', '.join(f'{r:.2f}' for r in per_get)})", flush=True)  # fmt: skip
                 ceiling = runs.get("origin ceiling (s5cmd to tmpfs)")
                 if isinstance(ceiling, list):
                     runs["origin ceiling (s5cmd to tmpfs)"] = {"series_MBps": summary(ceiling)}

@@ -74,8 +74,32 @@ def test_warm_opens_are_passed_through_and_no_read_reaches_the_daemon(mount, san
     assert r.returncode == 0 and "passthrough " in r.stdout and " on" in r.stdout, r.stdout
 
 
+def copied(fd: int, how: str, tmp_path) -> bytes:
+    """The whole file behind fd, moved in the kernel by sendfile(2) to a file, or splice(2) through a pipe."""
+    size = os.fstat(fd).st_size
+    if how == "sendfile":
+        out = tmp_path / "sent"
+        with open(out, "wb") as f:
+            offset = 0
+            while offset < size:
+                offset += os.sendfile(f.fileno(), fd, offset, size - offset)
+        return out.read_bytes()
+    r, w = os.pipe()
+    chunks, offset = [], 0
+    try:
+        while offset < size:
+            n = os.splice(fd, w, min(65536, size - offset), offset_src=offset)
+            assert n > 0
+            offset += n
+            chunks.append(os.read(r, n))
+    finally:
+        os.close(r)
+        os.close(w)
+    return b"".join(chunks)
+
+
 @accelerated
-def test_mmap_and_a_file_evicted_while_open(mount, sandbox, tmp_path):
+def test_mmap_sendfile_splice_and_a_file_evicted_while_open(mount, sandbox, tmp_path):
     cache = tmp_path / "cache"
     mnt = mount(cache_dir=cache)
     origin = origin_files(sandbox)
@@ -86,8 +110,11 @@ def test_mmap_and_a_file_evicted_while_open(mount, sandbox, tmp_path):
     with open(p, "rb") as f1:  # passthrough: registers the backing file
         s = mount_stats(mnt)
         assert s["passthrough_files"] == 1, s
-        with mmap.mmap(f1.fileno(), 0, prot=mmap.PROT_READ) as m:
-            assert sha(m[:]) == want
+        for flags in (mmap.MAP_SHARED, mmap.MAP_PRIVATE):
+            with mmap.mmap(f1.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as m:
+                assert sha(m[:]) == want
+        assert sha(copied(f1.fileno(), "sendfile", tmp_path)) == want
+        assert sha(copied(f1.fileno(), "splice", tmp_path)) == want
         os.unlink(cached_file(cache, p))  # what eviction does to a file someone is reading
         os.posix_fadvise(f1.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         assert sha(os.pread(f1.fileno(), WHOLE_FILE, 0)) == want
@@ -150,6 +177,14 @@ def test_the_mount_says_why_passthrough_is_off(mount, sandbox, tmp_path):
     assert read_all(mnt) == origin_files(sandbox)
     s = mount_stats(mnt)
     assert (s["passthrough"], s["passthrough_opens"]) == ("off: --passthrough off", 0), s
+    origin = origin_files(sandbox)
+    p = small_files(mnt)[3]  # served by the daemon: mmap, sendfile and splice as in passthrough
+    with open(p, "rb") as f:
+        for flags in (mmap.MAP_SHARED, mmap.MAP_PRIVATE):
+            with mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as m:
+                assert sha(m[:]) == origin[f"{uuid_of(p)}/{p.name}"]
+        for how in ("sendfile", "splice"):
+            assert sha(copied(f.fileno(), how, tmp_path)) == origin[f"{uuid_of(p)}/{p.name}"]
     mnt = mount("--cache-size", "0")
     assert mount_stats(mnt)["passthrough"] == "off: no instance files (--cache-size 0)"
     if not ACCELERATED:  # Debian's libfuse 3.14: the default build
