@@ -395,6 +395,10 @@ class CacheDir:
         """A read-only descriptor of a small instance's file, once checked; None if not there or damaged."""
         return self.files.open_checked(series_uuid, name, size) if self._as_file(size) else None
 
+    def open_known(self, series_uuid: str, name: str, size: int) -> int | None:
+        """A read-only descriptor of a small instance's file checked before by this process, if unchanged."""
+        return self.files.open_known(series_uuid, name, size) if self._as_file(size) else None
+
     @property
     def corrupt(self) -> int:
         return (self.blocks.corrupt if self.blocks is not None else 0) + (

@@ -118,6 +118,15 @@ class Engine:
             self.reader.hits += 1
         return fd
 
+    def open_known(self, f: InstanceFile) -> int | None:
+        """open_cached without reading the bytes, for a file this process wrote or checked and that is
+        unchanged (an open and an fstat, on the caller's thread); None otherwise."""
+        c = self.reader.cache
+        fd = None if c is None else c.open_known(f.series.crdc_series_uuid, f.name, f.size)
+        if fd is not None:
+            self.reader.hits += 1
+        return fd
+
     async def metadata(self, node: Node) -> dict[str, str]:
         """What the index says about a file or directory: a file's or a series directory's index columns, with
         bucket and URL; for every directory, what its subtree holds (series, licenses, source DOIs)."""

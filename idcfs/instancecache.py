@@ -12,7 +12,10 @@ What is checked, and when:
 - at load (once per open by the mount, once per open by idc://, and when an open hands the file to the
   kernel as a FUSE passthrough backing file): the length against the listed size and the bytes against the
   digest. A torn, rotten or swapped entry fails, is deleted and counted, and the
-  file is fetched again. Reads of a loaded file are served from memory, with no further check.
+  file is fetched again. Reads of a loaded file are served from memory, with no further check;
+- at a passthrough open of a file this process wrote or checked before: that it is still the same file
+  (inode number and size), not its bytes again. Damage to a file in place while a mount runs is found by the
+  next mount, or the next load that reads it.
 
 Least-recently-used order is each file's mtime: reads are noted in memory and the files touched in one
 batch every few seconds. Eviction scans the directory in the background, under a lock file so that one of
@@ -70,6 +73,9 @@ class InstanceCache:
         self.usable = True
         self._lock = threading.Lock()
         self._present: set[str] = set()  # "<series>/<name>", as far as this process knows
+        # Entries this process wrote (their bytes checked against the origin) or checked, by inode number and
+        # size: a later open of the same file needs no second pass over its bytes.
+        self._checked_files: dict[str, tuple[int, int]] = {}
         self._touched: list[str] = []
         self._volume = 0  # bytes, as of the last scan plus what this process wrote since
         self._written_since_scan = 0
@@ -111,6 +117,30 @@ class InstanceCache:
         or None. The caller closes it."""
         got = self._checked(series_uuid, name, size, keep_open=True)
         return None if got is None else got[0]
+
+    def open_known(self, series_uuid: str, name: str, size: int) -> int | None:
+        """Like open_checked, without reading the bytes, for an entry this process wrote or checked before and
+        that is still the same file (inode number and size); None otherwise. Quick enough for the event loop
+        when the file's metadata is in memory: an open and an fstat."""
+        key = f"{series_uuid}/{name}"
+        known = self._checked_files.get(key)
+        if known is None or known[1] != size or not self.usable:
+            return None
+        try:
+            fd = os.open(self.root / key, os.O_RDONLY)
+        except OSError:
+            self._checked_files.pop(key, None)
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if st is None or (st.st_ino, st.st_size) != known:
+            os.close(fd)
+            self._checked_files.pop(key, None)
+            return None
+        self._touched.append(key)
+        return fd
 
     def _checked(self, series_uuid: str, name: str, size: int, keep_open: bool) -> tuple[int, bytes] | None:
         if not self.usable:
@@ -156,7 +186,12 @@ class InstanceCache:
             return None
         self._present.add(key)
         self._touched.append(key)
+        with contextlib.suppress(OSError):
+            self._checked_files[key] = (os.fstat(fd).st_ino, size) if keep_open else self._identity(key, size)
         return fd, data
+
+    def _identity(self, key: str, size: int) -> tuple[int, int]:
+        return os.stat(self.root / key).st_ino, size
 
     # -- the write side
 
@@ -176,9 +211,11 @@ class InstanceCache:
                     view = view[os.write(fd, view) :]
                 os.setxattr(fd, XATTR, digest(key, data))
                 os.fsync(fd)
+                ino = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
             os.rename(tmp, directory / name)
+            self._checked_files[key] = (ino, len(data))
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -256,6 +293,7 @@ class InstanceCache:
                     freed += size
                     files_freed += size
                 self._present.discard(key)
+                self._checked_files.pop(key, None)
             elif page:
                 _, size, key = page.pop()
                 blocks.append(key)
@@ -289,6 +327,8 @@ class InstanceCache:
                         present.add(key)
                         total += st.st_size
         self._present = present
+        for key in [k for k in self._checked_files if k not in present]:
+            self._checked_files.pop(key, None)
         return entries, total
 
     # -- for stats and `idcfs cache clear`
@@ -310,5 +350,6 @@ class InstanceCache:
                 os.unlink(self.root / key)
         with self._lock:
             self._present.clear()
+            self._checked_files.clear()
             self._volume = 0
         return len(entries)

@@ -89,9 +89,10 @@ class Passthrough:
         self.mode = f"off: {why}"
         log.warning("passthrough %s; reads are served by the daemon", self.mode)
 
-    async def choose(self, ino: int, load: Callable[[], int | None]) -> int:
-        """The backing id for a new open of inode ino, or 0 to serve it from the daemon. load (blocking,
-        run in a thread) returns a descriptor of the checked cached file, or None."""
+    async def choose(self, ino: int, known: Callable[[], int | None], load: Callable[[], int | None]) -> int:
+        """The backing id for a new open of inode ino, or 0 to serve it from the daemon. Both callables return
+        a descriptor of the checked cached file, or None: known() quickly, on this thread, for a file checked
+        before; load() reads and checks it, in a thread."""
         if not self.on:
             return 0
         b = self._backed.get(ino)
@@ -99,7 +100,9 @@ class Passthrough:
             return b.id
         if self._served[ino]:
             return 0
-        fd = await trio.to_thread.run_sync(load)
+        fd = known()
+        if fd is None:
+            fd = await trio.to_thread.run_sync(load)
         if fd is None:
             return 0
         # Other opens of ino may have been answered while the file was checked.

@@ -270,7 +270,7 @@ class Sandbox:
         ]
         with open(self.data_dir / "logs" / "fake-gcs.log", "ab") as out:
             self.procs["gcs"] = subprocess.Popen(cmd, stdout=out, stderr=out)
-        _wait_http(self.gcs_endpoint + "/storage/v1/b")
+        _wait_http(self.gcs_endpoint + "/storage/v1/b", timeout=600.0)  # it reads all the data in first
 
     def fill_s3(self, objects: dict[str, str]) -> None:
         import boto3

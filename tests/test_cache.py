@@ -192,8 +192,11 @@ def test_kill_9_during_cache_writes_leaves_nothing_torn(sandbox, mount, tmp_path
     args = [sys.executable, "-m", "idcfs", "prefetch", "-q", "--manifest", str(sandbox.manifest),
             "--cache-dir", str(cache), "--s3-endpoint", sandbox.s3_endpoint]  # fmt: skip
     rng = random.Random(7)
-    for _ in range(5):
+    for i in range(5):
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not i and not instance_files(cache) and time.monotonic() < deadline:  # a loaded machine starts slowly
+            time.sleep(0.05)
         time.sleep(rng.uniform(1.0, 3.0))
         p.send_signal(signal.SIGKILL)
         p.wait()
