@@ -65,7 +65,8 @@ test: $(VENV)/.installed
 # The mount tests on the build of `make passthrough`, where the kernel reads cached instances itself.
 test-passthrough: $(VENV)/.installed
 	@$(PY) -c "import pyfuse3, sys; sys.exit(0 if hasattr(pyfuse3, 'backing_open') else 'run make passthrough first')"
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_passthrough.py tests/test_mount.py tests/test_cache.py \
+		tests/test_faults.py tests/test_background.py tests/test_readpath.py
 
 # idcfs as users install it: the wheel, no extras, the newest versions pyproject allows (pip), checked against
 # the sandbox origin; then the lowest versions (uv, lowest-direct), which proves the lower bounds.
