@@ -100,10 +100,11 @@ def origin_dir(state, uuid: str) -> Path:
     return Path(state.data_dir) / "gcs" / GCS_MIRROR[bucket] / uuid
 
 
-def drop_caches() -> None:
+def drop_caches(what: int = 3) -> None:
+    """3: page cache, dentries and inodes; 1: the page cache only (the kernel keeps FUSE entries it knows)."""
     subprocess.run(["sync"])
     with contextlib.suppress(OSError), open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+        f.write(f"{what}\n")
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:

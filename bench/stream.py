@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--tools", nargs="+", default=["local disk", "s5cmd", "idcfs", "idcfs prefetch", "rclone mount",
                                                   "rclone vfs-full", "s3fs-fuse"])  # fmt: skip
     p.add_argument("--workers", type=int, default=8, help="reader processes in the epochs (default 8)")
+    p.add_argument("--drop", type=int, choices=(1, 3), default=3,
+                   help="drop_caches before the warm epoch: 3 (default) page cache, dentries and inodes; "
+                   "1 the page cache only")  # fmt: skip
     p.add_argument("--json", type=Path, default=REPO / "bench" / "stream.json")
     args = p.parse_args(argv)
 
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
                                 paths = [str(f) for u in uuids for f in sorted(src(u).iterdir())]
                                 drop_caches()
                                 cold = epoch(paths, workers=args.workers)
-                                drop_caches()  # the second epoch: idcfs serves from its block cache
+                                drop_caches(args.drop)  # the second epoch: idcfs serves from its cache
                                 pid = daemon_pid(work / "idcfs") if tool.startswith("idcfs") else 0
                                 cpu = cpu_seconds(pid) if pid else 0.0
                                 opens = mount_stats(work / "idcfs")["passthrough_opens"] if pid else 0

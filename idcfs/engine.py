@@ -84,6 +84,22 @@ class Engine:
             node = found
         return node
 
+    def resolve_known(self, parts: list[str]) -> Node | None:
+        """resolve() from memory alone, None where that would need a LIST (or the path is not there). It only
+        reads, so any thread may call it: idc:// resolves cached files in the caller's thread."""
+        node: Node = 0
+        for name in parts:
+            if isinstance(node, InstanceFile):
+                return None
+            if self.ns.is_leaf(node):
+                files = self.listings.listed(node)
+                node = None if files is None else files.get(name)
+            else:
+                node = self.ns.lookup(node, name)
+            if node is None:
+                return None
+        return node
+
     # -- files
 
     def open(self, f: InstanceFile) -> OpenFile:
@@ -94,6 +110,10 @@ class Engine:
 
     def release(self, of: OpenFile) -> None:
         self.reader.close(of)
+
+    def note_open(self, f: InstanceFile) -> None:
+        """An open served elsewhere (from the cache, in another thread): series prefetch and warming see it."""
+        self.release(self.open(f))
 
     def cached_whole(self, f: InstanceFile) -> bool:
         """f is a small instance held whole in the cache directory (as far as this process knows)."""

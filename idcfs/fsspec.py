@@ -363,6 +363,13 @@ class IdcFileSystem(AbstractFileSystem):
         if mode != "rb":
             raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
         loop, parts = self._loop(), self._parts(path)
+        engine = loop.engine
+        f = engine.resolve_known(parts)
+        if isinstance(f, InstanceFile) and engine.cached_whole(f):  # no hop to the engine's thread at all
+            data = engine.read_cached(f)
+            if data is not None:
+                loop.call_soon(engine.note_open, f)
+                return LocalFile(data, self._strip_protocol(path))
         f, of = loop.call(_open_file, loop.engine, parts, True)  # one hop to the engine, not two
         if of is None:  # cached whole: read here, not through the engine's thread
             data = loop.engine.read_cached(f)

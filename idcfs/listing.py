@@ -63,6 +63,10 @@ class Listings:
         """The files of a directory already listed, by name; [] if not listed yet."""
         return self._order.get(dir_id, [])
 
+    def listed(self, dir_id: int) -> dict[str, InstanceFile] | None:
+        """The files of a leaf directory if listed already (safe from any thread), else None."""
+        return self._dirs.get(dir_id)
+
     async def files_of(self, dir_id: int) -> dict[str, InstanceFile]:
         """The files of a leaf directory, LISTing its series on first use."""
         while True:
