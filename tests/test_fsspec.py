@@ -131,6 +131,7 @@ def _init_worker(fs) -> None:
 
 
 def _sha_in_worker(path: str) -> tuple[int, str, str, int]:
+    time.sleep(0.01)  # so a worker that started first does not take every task while the others spawn
     with _worker_fs.open(path) as f:
         return os.getpid(), path, hashlib.sha256(f.read()).hexdigest(), id(_worker_fs.engine.ns)
 
@@ -156,7 +157,7 @@ def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
     try:
         ctx = multiprocessing.get_context(start_method)
         with ctx.Pool(4, initializer=_init_worker, initargs=(fs,)) as pool:
-            results = pool.map(_sha_in_worker, paths, chunksize=4)
+            results = pool.map(_sha_in_worker, paths, chunksize=1)
     finally:
         done.set()
         reader.join(60)
