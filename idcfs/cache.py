@@ -391,13 +391,13 @@ class CacheDir:
         """A small instance's bytes from the instance files, checked; None if not there or damaged."""
         return self.files.get(series_uuid, name, size) if self._as_file(size) else None
 
-    def open_whole(self, series_uuid: str, name: str, size: int) -> int | None:
-        """A read-only descriptor of a small instance's file, once checked; None if not there or damaged."""
-        return self.files.open_checked(series_uuid, name, size) if self._as_file(size) else None
-
-    def open_known(self, series_uuid: str, name: str, size: int) -> int | None:
-        """A read-only descriptor of a small instance's file checked before by this process, if unchanged."""
-        return self.files.open_known(series_uuid, name, size) if self._as_file(size) else None
+    def open_whole(self, series_uuid: str, name: str, size: int, quick: bool = False) -> int | None:
+        """A read-only descriptor of a small instance's file, once checked; None if not there or damaged.
+        quick: only a file this process checked or wrote before, if unchanged (no pass over its bytes)."""
+        if not self._as_file(size):
+            return None
+        opener = self.files.open_known if quick else self.files.open_checked
+        return opener(series_uuid, name, size)
 
     @property
     def corrupt(self) -> int:

@@ -422,8 +422,9 @@ def _serve_mount(args, pipe) -> int:
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
-    engine = Engine(ns, store, cache, memory=args.memory)
-    ops = IdcOperations(engine, mtime_ns=mtime_ns, passthrough=args.passthrough == "auto")
+    ops = IdcOperations(
+        Engine(ns, store, cache, memory=args.memory), mtime_ns=mtime_ns, passthrough=args.passthrough == "auto"
+    )
 
     served = _served(ns)
 

@@ -129,20 +129,12 @@ class Engine:
             self.reader.hits += 1  # from another thread: a rare lost update only undercounts
         return data
 
-    def open_cached(self, f: InstanceFile) -> int | None:
-        """A read-only descriptor of f's checked file in the cache directory, or None. Blocking: for FUSE
-        passthrough, which hands the file to the kernel to read."""
+    def open_cached(self, f: InstanceFile, quick: bool = False) -> int | None:
+        """A read-only descriptor of f's checked file in the cache directory, or None: for FUSE passthrough,
+        which hands the file to the kernel to read. Blocking; with quick, only an open and an fstat of a file
+        this process wrote or checked before and that is unchanged."""
         c = self.reader.cache
-        fd = None if c is None else c.open_whole(f.series.crdc_series_uuid, f.name, f.size)
-        if fd is not None:
-            self.reader.hits += 1
-        return fd
-
-    def open_known(self, f: InstanceFile) -> int | None:
-        """open_cached without reading the bytes, for a file this process wrote or checked and that is
-        unchanged (an open and an fstat, on the caller's thread); None otherwise."""
-        c = self.reader.cache
-        fd = None if c is None else c.open_known(f.series.crdc_series_uuid, f.name, f.size)
+        fd = None if c is None else c.open_whole(f.series.crdc_series_uuid, f.name, f.size, quick)
         if fd is not None:
             self.reader.hits += 1
         return fd

@@ -214,10 +214,8 @@ class IdcOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         backing_id = 0
         if self.passthrough.on and self.engine.cached_whole(f):
-            e = self.engine
-            backing_id = await self.passthrough.choose(
-                inode, functools.partial(e.open_known, f), functools.partial(e.open_cached, f)
-            )
+            quick, checked = (functools.partial(self.engine.open_cached, f, q) for q in (True, False))
+            backing_id = await self.passthrough.choose(inode, quick, checked)
         self.passthrough.opened(fh, inode, backing_id)
         if backing_id:  # the kernel reads the cached file itself; the page cache is the backing file's
             return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)

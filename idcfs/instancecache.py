@@ -170,6 +170,7 @@ class InstanceCache:
                 stored = os.getxattr(fd, XATTR)
             except OSError:
                 stored = b""
+            ino = os.fstat(fd).st_ino  # before `good`: an error here must still close fd
             good = len(data) == size and stored == digest(key, data)
         except OSError as e:
             self._off("read", e)
@@ -186,12 +187,8 @@ class InstanceCache:
             return None
         self._present.add(key)
         self._touched.append(key)
-        with contextlib.suppress(OSError):
-            self._checked_files[key] = (os.fstat(fd).st_ino, size) if keep_open else self._identity(key, size)
+        self._checked_files[key] = (ino, size)
         return fd, data
-
-    def _identity(self, key: str, size: int) -> tuple[int, int]:
-        return os.stat(self.root / key).st_ino, size
 
     # -- the write side
 
