@@ -102,8 +102,9 @@ class Engine:
 
     # -- files
 
-    def open(self, f: InstanceFile) -> OpenFile:
-        return self.reader.open(f, self.listings.in_order(f.dir_id))
+    def open(self, f: InstanceFile, local: bool = False) -> OpenFile:
+        """local: the caller reads a file held whole in the cache directory itself (see Reader.open)."""
+        return self.reader.open(f, self.listings.in_order(f.dir_id), local)
 
     async def read(self, of: OpenFile, offset: int, size: int):
         return await self.reader.read(of, offset, size)
@@ -113,7 +114,7 @@ class Engine:
 
     def note_open(self, f: InstanceFile) -> None:
         """An open served elsewhere (from the cache, in another thread): series prefetch and warming see it."""
-        self.release(self.open(f))
+        self.release(self.open(f, local=True))
 
     def cached_whole(self, f: InstanceFile) -> bool:
         """f is a small instance held whole in the cache directory (as far as this process knows)."""

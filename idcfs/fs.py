@@ -207,7 +207,7 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         f = self._file(inode)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        self._open[fh] = self.engine.open(f)
+        self._open[fh] = self.engine.open(f, local=self.passthrough.on)
         # Large instances (slide microscopy) bypass the page cache: the kernel's readahead would turn
         # one tile read into megabytes of GETs. Our own readahead serves sequential readers of them.
         if f.size > WHOLE_FILE:

@@ -16,6 +16,7 @@ starts its own engine on first use; the parent's is left untouched.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import datetime
 import errno
@@ -35,6 +36,8 @@ from .store import StoreError
 
 READ_BLOCK = 16 << 10  # buffered reads fetch at least this much, as the mount's st_blksize does
 DRAIN_SECONDS = 10.0
+NOTE_SECONDS = 0.02  # opens served in the caller's thread reach the engine this late at most
+KNOWN_PATHS = 1 << 17  # paths remembered per process; beyond that the memo starts again
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class _Loop:
         self._token = None
         self._error: BaseException | None = None
         self._closed = False
+        self._files: dict[str, InstanceFile] = {}  # path -> file, for known_file()
+        self._opened: collections.deque[InstanceFile] = collections.deque()
+        self._noting = False
         started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(started,), name="idcfs-engine", daemon=True)
         self._thread.start()
@@ -91,6 +97,43 @@ class _Loop:
         """Run fn in the engine's thread without waiting; nothing if the engine has stopped."""
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn, *args)
+
+    def known_file(self, path: str, parts: list[str]) -> InstanceFile | None:
+        """The listed instance file at path, from memory, in the caller's thread; None if that needs the engine."""
+        f = self._files.get(path)
+        if f is None:
+            f = self.engine.resolve_known(parts)
+            if not isinstance(f, InstanceFile):
+                return None
+            if len(self._files) >= KNOWN_PATHS:
+                self._files.clear()
+            self._files[path] = f
+        return f
+
+    def note_open(self, f: InstanceFile) -> None:
+        """Tell the engine's series prefetch and warming that f was opened here. Notes are queued and taken
+        in batches, NOTE_SECONDS apart at most: waking the engine's thread costs more than a cached read."""
+        self._opened.append(f)
+        if not self._noting:
+            self._noting = True
+            self.call_soon(self._notes_later)
+
+    def _notes_later(self) -> None:
+        self.engine.background.start_soon(self._take_notes_after, NOTE_SECONDS)
+
+    async def _take_notes_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.take_notes()
+
+    def take_notes(self) -> None:
+        """In the engine's thread: pass the queued opens on, in order."""
+        self._noting = False  # first: a note queued from now on schedules another batch
+        while self._opened:
+            self.engine.note_open(self._opened.popleft())
+
+    async def open_file(self, parts: list[str], local: bool = False):
+        self.take_notes()  # opens noted before this one come first, as the series prefetch expects
+        return await _open_file(self.engine, parts, local)
 
     def close(self) -> None:
         """Finish the cache writes (up to DRAIN_SECONDS), stop the thread, save the counters."""
@@ -250,7 +293,10 @@ class IdcFileSystem(AbstractFileSystem):
             ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
         store = ObjectStore(source, s3, gcs, timeout=timeout)
         cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)
-        return Engine(ns, store, cache, memory=memory)
+        engine = Engine(ns, store, cache, memory=memory)
+        if parent is not None and parent.engine is not None:
+            engine.listings.adopt(parent.engine.listings)  # paths the parent listed resolve with no hop
+        return engine
 
     def _loop(self) -> _Loop:
         key = (os.getpid(), self._options)
@@ -362,20 +408,21 @@ class IdcFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
             raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
-        loop, parts = self._loop(), self._parts(path)
+        loop, stripped = self._loop(), self._strip_protocol(path)
+        parts = [p for p in stripped.split("/") if p]
         engine = loop.engine
-        f = engine.resolve_known(parts)
-        if isinstance(f, InstanceFile) and engine.cached_whole(f):  # no hop to the engine's thread at all
+        f = loop.known_file(stripped, parts)
+        if f is not None and engine.cached_whole(f):  # no hop to the engine's thread at all
             data = engine.read_cached(f)
             if data is not None:
-                loop.call_soon(engine.note_open, f)
-                return LocalFile(data, self._strip_protocol(path))
-        f, of = loop.call(_open_file, loop.engine, parts, True)  # one hop to the engine, not two
+                loop.note_open(f)
+                return LocalFile(data, stripped)
+        f, of = loop.call(loop.open_file, parts, True)  # one hop to the engine, not two
         if of is None:  # cached whole: read here, not through the engine's thread
             data = loop.engine.read_cached(f)
             if data is not None:
-                return LocalFile(data, self._strip_protocol(path))
-            f, of = loop.call(_open_file, loop.engine, parts, False)  # damaged or evicted meanwhile
+                return LocalFile(data, stripped)
+            f, of = loop.call(loop.open_file, parts, False)  # damaged or evicted meanwhile
         return IdcFile(self, path, f, of, block_size=block_size, cache_options=cache_options, **kwargs)
 
     # -- read-only: everything that would change the tree
@@ -406,7 +453,7 @@ async def _open_file(engine: Engine, parts: list[str], local: bool = False):
     """The file and its open state; with `local`, (file, None) if the cache holds it whole. The open is
     noted either way, so series prefetch and warming see every file a reader opens."""
     f = await _file(engine, parts)
-    of = engine.open(f)
+    of = engine.open(f, local)
     if local and engine.cached_whole(f):
         engine.release(of)
         return f, None

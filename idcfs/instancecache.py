@@ -67,6 +67,7 @@ class InstanceCache:
         warn: Callable[[str, Exception], None] | None = None,
     ):
         self.root = Path(root)
+        self._root = str(self.root)
         self.size_limit = size_limit
         self.blocks = blocks  # the block cache beside it (cache.BlockCache), under the same cap and LRU order
         self.corrupt = 0
@@ -105,7 +106,7 @@ class InstanceCache:
 
     def has(self, series_uuid: str, name: str) -> bool:
         key = f"{series_uuid}/{name}"
-        return key in self._present or os.path.exists(self.root / key)
+        return key in self._present or os.path.exists(f"{self._root}/{key}")
 
     def get(self, series_uuid: str, name: str, size: int) -> bytes | None:
         """The instance's bytes if the entry is whole and intact, else None (a damaged entry is deleted)."""
@@ -146,10 +147,11 @@ class InstanceCache:
         if not self.usable:
             return None
         key = f"{series_uuid}/{name}"
+        path = f"{self._root}/{key}"  # a str, not a Path: this runs for every cached open
         try:
-            fd = os.open(self.root / key, os.O_RDONLY | os.O_NOATIME)
+            fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
         except PermissionError:  # O_NOATIME needs the file's owner
-            fd = os.open(self.root / key, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             self._present.discard(key)
             return None
@@ -158,9 +160,10 @@ class InstanceCache:
             return None
         good = False
         try:
+            st = os.fstat(fd)  # before `good`: an error here must still close fd
             chunks, n = [], 0
-            while n <= size:  # one byte more than the instance shows an entry that is longer
-                chunk = os.read(fd, size + 1 - n)
+            while n < size and st.st_size == size:  # a longer or shorter entry is not read at all
+                chunk = os.read(fd, size - n)
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -170,8 +173,8 @@ class InstanceCache:
                 stored = os.getxattr(fd, XATTR)
             except OSError:
                 stored = b""
-            ino = os.fstat(fd).st_ino  # before `good`: an error here must still close fd
-            good = len(data) == size and stored == digest(key, data)
+            ino = st.st_ino
+            good = st.st_size == size and len(data) == size and stored == digest(key, data)
         except OSError as e:
             self._off("read", e)
             return None
@@ -231,7 +234,8 @@ class InstanceCache:
 
     def keep(self, final: bool = False) -> None:
         """Note the files read since the last call as recently used; evict if the cap is exceeded. `final`
-        (at close): wait for another eviction in progress, then scan, so what this process wrote is counted."""
+        (at close): if this process wrote since its last scan, wait for another eviction in progress, then
+        scan, so what it wrote is counted. A process that only read (a DataLoader worker) skips that scan."""
         keys, self._touched = self._touched, []
         for key in dict.fromkeys(keys):
             with contextlib.suppress(OSError):
@@ -239,6 +243,8 @@ class InstanceCache:
         now = time.monotonic()
         over = self._volume + self._blocks_footprint() > self.size_limit
         stale = self._written_since_scan and now - self._scanned_at > RESCAN_SECONDS
+        if final and not self._written_since_scan and not over:
+            return
         if final or over or stale or not self._scanned_at:
             self.evict(wait=final)
 

@@ -59,6 +59,14 @@ class Listings:
         self._pending: dict[int, trio.Event] = {}
         self.list_requests = 0
 
+    def adopt(self, other: Listings) -> None:
+        """Take the directories `other` has listed (a forked child, from its parent's engine): the child then
+        resolves those paths from memory, with the parent's inode numbers."""
+        self.files.update(other.files)
+        self._dirs.update(other._dirs)
+        self._order.update(other._order)
+        self._next_ino = max(self._next_ino, other._next_ino)
+
     def in_order(self, dir_id: int) -> list[InstanceFile]:
         """The files of a directory already listed, by name; [] if not listed yet."""
         return self._order.get(dir_id, [])

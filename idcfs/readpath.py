@@ -439,9 +439,11 @@ class Reader:
 
     # -- open and close
 
-    def open(self, f: InstanceFile, siblings: list[InstanceFile]) -> OpenFile:
+    def open(self, f: InstanceFile, siblings: list[InstanceFile], local: bool = False) -> OpenFile:
+        """local: the opener reads files held whole in the cache directory itself (FUSE passthrough, idc://),
+        so the series prefetch leaves those files on disk instead of loading them here."""
         of = OpenFile(f, heads=self._partial >= HEADER_STREAK)
-        self.opened(f, siblings, of.heads)
+        self.opened(f, siblings, of.heads, local)
         return of
 
     def close(self, of: OpenFile) -> None:
@@ -452,7 +454,7 @@ class Reader:
 
     # -- series prefetch
 
-    def opened(self, f: InstanceFile, siblings: list[InstanceFile], heads: bool = False) -> None:
+    def opened(self, f: InstanceFile, siblings: list[InstanceFile], heads: bool = False, local: bool = False) -> None:
         """Note that f was opened; if its directory is being read in order, prefetch what comes next
         (only the heads during a header scan); if it is being read whole in no order, fetch the rest of it."""
         d = self._series.pop(f.dir_id, None) or _DirReads()
@@ -467,6 +469,9 @@ class Reader:
                 cost = min(g.size, HEAD) if heads else g.size
                 if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
                     break
+                if local and self.cache is not None and self.cache.has_whole(g.series.crdc_series_uuid, g.name, g.size):
+                    d.upto = g.index + 1
+                    continue
                 self._prefetching += cost
                 self.background.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
                 d.upto = g.index + 1

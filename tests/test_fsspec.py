@@ -130,10 +130,11 @@ def _init_worker(fs) -> None:
     _worker_fs = fs
 
 
-def _sha_in_worker(path: str) -> tuple[int, str, str, int]:
+def _sha_in_worker(path: str) -> tuple[int, str, str, int, bool]:
     time.sleep(0.01)  # so a worker that started first does not take every task while the others spawn
+    known = _worker_fs.engine.resolve_known(_worker_fs._parts(path)) is not None  # before this worker opens it
     with _worker_fs.open(path) as f:
-        return os.getpid(), path, hashlib.sha256(f.read()).hexdigest(), id(_worker_fs.engine.ns)
+        return os.getpid(), path, hashlib.sha256(f.read()).hexdigest(), id(_worker_fs.engine.ns), known
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
@@ -161,10 +162,12 @@ def test_worker_processes_read_correctly(sandbox, tmp_path, start_method):
     finally:
         done.set()
         reader.join(60)
-    assert len({pid for pid, _, _, _ in results}) > 1
-    assert all(sha == origin[_key(fs, p)] for _, p, sha, _ in results)
+    assert len({pid for pid, *_ in results}) > 1
+    assert all(sha == origin[_key(fs, p)] for _, p, sha, _, _ in results)
     if start_method == "fork":  # a forked worker has its own engine over the parent's tree (copy-on-write)
-        assert {tree for _, _, _, tree in results} == {id(fs.engine.ns)}
+        assert {tree for _, _, _, tree, _ in results} == {id(fs.engine.ns)}
+        # and the parent's listings: every path the parent listed resolves from memory, with no hop
+        assert all(known for *_, known in results)
     assert hashlib.sha256(fs.cat_file(paths[-1])).hexdigest() == origin[_key(fs, paths[-1])]  # parent still fine
 
 
@@ -190,6 +193,15 @@ def test_cached_instances_open_as_local_file_objects(sandbox, tmp_path):
             data = f.read()
         assert head[128:] == b"DICM" and hashlib.sha256(data).hexdigest() == origin[_key(fs, p)], p
     assert fs.stats()["get_requests"] == gets
+    # A new engine (other options) over the same cache: opening the files in order is seen by its series
+    # prefetch (the opens reach the engine in batches), which leaves files cached whole on disk alone: each
+    # is read once, by its opener, not loaded by the engine as well.
+    fresh = _fs(sandbox, tmp_path / "cache", timeout=29)
+    for p in small:
+        with fresh.open(p) as f:
+            assert isinstance(f, LocalFile)
+    time.sleep(0.5)
+    assert fresh.stats()["hits"] == len(small) and fresh.stats()["get_requests"] == 0
     # A damaged entry is not handed out: the open goes through the engine, which refetches it.
     victim = tmp_path / "cache" / "files" / _key(fs, small[0])
     victim.write_bytes(victim.read_bytes()[:-1] + b"!")
