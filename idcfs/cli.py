@@ -20,6 +20,7 @@ from . import __version__
 log = logging.getLogger("idcfs")
 
 EXIT_USAGE = 2
+WARM_LISTS_UP_TO = 2000  # series; a larger mount (the whole index, browsed) loads the LIST client on its first LIST
 
 
 class UsageError(ValueError):
@@ -386,8 +387,7 @@ def _serve_mount(args, pipe) -> int:
     drop_credentials()
     store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint, timeout=args.timeout)
     probes = _probe_origins(store)
-    # Importing s3fs/gcsfs and building the client takes up to a second: do it while the tree loads,
-    # not on the first `ls` of a series.
+    # The GET clients are built while the tree loads, not on the first read.
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
     pipe.phase("loading the tree from the index")
     try:
@@ -422,9 +422,14 @@ def _serve_mount(args, pipe) -> int:
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
-    ops = IdcOperations(
-        Engine(ns, store, cache, memory=args.memory), mtime_ns=mtime_ns, passthrough=args.passthrough == "auto"
-    )
+    engine = Engine(ns, store, cache, memory=args.memory)
+    ops = IdcOperations(engine, mtime_ns=mtime_ns, passthrough=args.passthrough == "auto")
+
+    def warm_lists():  # a cohort with series never listed: load the LIST client now, not on the first `ls`
+        if engine.listings.will_list(WARM_LISTS_UP_TO):
+            store.warm_lists()
+
+    threading.Thread(target=warm_lists, name="warm-lists", daemon=True).start()
 
     served = _served(ns)
 

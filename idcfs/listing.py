@@ -67,6 +67,13 @@ class Listings:
         self._order.update(other._order)
         self._next_ino = max(self._next_ino, other._next_ino)
 
+    def will_list(self, most: int) -> bool:
+        """A selection of at most `most` series, one of them not listed in the cache directory: a mount of a
+        cohort that is about to be read, whose first LIST should not wait for the LIST client to load."""
+        if self.ns.num_series > most:
+            return False
+        return self.meta is None or any(self.meta.listing(s.crdc_series_uuid) is None for s in self.ns.all_series())
+
     def in_order(self, dir_id: int) -> list[InstanceFile]:
         """The files of a directory already listed, by name; [] if not listed yet."""
         return self._order.get(dir_id, [])
