@@ -11,7 +11,9 @@ Two ways in:
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +74,23 @@ def warm_paths(paths: list[Path], jobs: int, progress: bool = True) -> Summary:
 def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs: int, progress=True) -> Summary:
     """LIST the series (or take their cached listing), then GET every file not fully cached."""
     summary = Summary()
+    # Counted in memory and saved once at the end: a SQLite write per file, from every thread, made the
+    # threads queue on the cache database's lock.
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
 
+    def count(**deltas: int) -> None:
+        with lock:
+            counts.update(deltas)
+
+    try:
+        _warm_series(cache, store, series, jobs, progress, summary, count)
+    finally:
+        cache.meta.add_counters(dict(counts))
+    return summary
+
+
+def _warm_series(cache, store, series, jobs, progress, summary: Summary, count) -> None:
     def listing(s: Series) -> list[tuple[Series, ObjectInfo]]:
         known = cache.meta.listing(s.crdc_series_uuid)
         if known is not None:
@@ -80,7 +98,7 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
         objs = store.list_series(s.aws_bucket, s.crdc_series_uuid)
         if objs:
             cache.meta.set_listing(s.crdc_series_uuid, [o.entry() for o in objs])
-        cache.meta.add_counters({"list_requests": 1})
+        count(list_requests=1)
         return [(s, o) for o in objs]
 
     files: list[tuple[Series, ObjectInfo]] = []
@@ -110,7 +128,7 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
             gets += 1
             bar.update(len(data))
         summary.bytes += o.size
-        cache.meta.add_counters({"get_requests": gets, "bytes_fetched": o.size, "misses": -(-o.size // bs)})
+        count(get_requests=gets, bytes_fetched=o.size, misses=-(-o.size // bs))
 
     with ThreadPoolExecutor(jobs) as pool:
         for fut in as_completed([pool.submit(fetch, s, o) for s, o in files]):
@@ -118,4 +136,3 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
                 summary.failed += 1
                 tqdm.write(f"idcfs: {fut.exception()}")
     bar.close()
-    return summary
