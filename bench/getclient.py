@@ -10,7 +10,10 @@ The origin (moto) runs in another process, so its CPU is not counted.
 - obstore-sync: obstore's blocking `get_range` in trio worker threads;
 - obstore-loop: obstore's `get_range_async` on one asyncio loop in its own thread, each result handed
   back to trio through its token;
-- trio-asyncio: obstore's `get_range_async` through trio-asyncio (`pip install trio-asyncio`).
+- trio-asyncio: obstore's `get_range_async` through trio-asyncio (`pip install trio-asyncio`);
+- urllib3: urllib3's pooled blocking GETs in trio worker threads, read into a buffer of the listed size;
+- aiohttp-loop: aiohttp on one asyncio loop thread, woken through trio's token, as obstore-loop;
+- idcfs-md5: idcfs's own path (`ObjectStore.aread`: obstore-loop, retries and deadline), MD5 checked.
 """
 
 from __future__ import annotations
@@ -137,11 +140,77 @@ def run_trio_asyncio(endpoint, bucket, keys, sizes, concurrency):
     return lambda ks: trio.run(main, ks)
 
 
+def run_urllib3(endpoint, bucket, keys, sizes, concurrency):
+    import urllib3
+
+    pool = urllib3.PoolManager(maxsize=concurrency, retries=False)
+    lim = trio.CapacityLimiter(concurrency)
+
+    def get(k):  # into a buffer of the listed size, as a lean client would
+        r = pool.request("GET", f"{endpoint}/{bucket}/{k}", headers={"Range": f"bytes=0-{sizes[k] - 1}"},
+                         preload_content=False)  # fmt: skip
+        buf = memoryview(bytearray(sizes[k]))
+        n = 0
+        while n < len(buf) and (got := r.readinto(buf[n:])):
+            n += got
+        r.release_conn()
+        return n
+
+    async def one(k):
+        assert await trio.to_thread.run_sync(get, k, limiter=lim) == sizes[k]
+
+    return lambda ks: trio.run(_drive, ks, concurrency, one)
+
+
+def run_aiohttp_loop(endpoint, bucket, keys, sizes, concurrency):
+    import aiohttp
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def make():
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+
+    session = asyncio.run_coroutine_threadsafe(make(), loop).result()
+
+    async def get(k):
+        async with session.get(f"{endpoint}/{bucket}/{k}", headers={"Range": f"bytes=0-{sizes[k] - 1}"}) as r:
+            return await r.read()
+
+    async def one(k):
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        fut = asyncio.run_coroutine_threadsafe(get(k), loop)
+        fut.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        await done.wait()
+        assert len(fut.result()) == sizes[k]
+
+    return lambda ks: trio.run(_drive, ks, concurrency, one)
+
+
+def run_idcfs(endpoint, bucket, keys, sizes, concurrency):
+    """idcfs's own GET path (ObjectStore.aread: retries, deadline, failover bookkeeping), MD5 checked."""
+    from idcfs.store import ObjectStore
+
+    store = ObjectStore("aws", endpoint, "http://127.0.0.1:9", failover=False)
+    md5s = {o.name: o.md5 for k in {k.split("/")[0] for k in keys} for o in store.list_series(bucket, k)}
+    assert all(md5s.get(k.split("/")[1]) for k in keys)
+
+    async def one(k):
+        data = await store.aread(bucket, k, 0, sizes[k], sizes[k], md5s[k.split("/")[1]])
+        assert len(data) == sizes[k]
+
+    return lambda ks: trio.run(_drive, ks, concurrency, one)
+
+
 CLIENTS = {
     "s3fs": run_s3fs,
     "obstore-sync": run_obstore_sync,
     "obstore-loop": run_obstore_loop,
     "trio-asyncio": run_trio_asyncio,
+    "urllib3": run_urllib3,
+    "aiohttp-loop": run_aiohttp_loop,
+    "idcfs-md5": run_idcfs,
 }
 
 
