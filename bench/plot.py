@@ -49,7 +49,11 @@ def main(out: Path = HERE / "results.png") -> int:
     panels = []
     if stream := _load("stream"):
         runs = stream["runs"].get("20 ms", {})
-        rates = {t.replace(" (s5cmd to tmpfs)", ""): _mmm(r["series_MBps"]) for t, r in runs.items()}
+        rates = {
+            t.replace(" (s5cmd to tmpfs)", ""): _mmm(r["series_MBps"])
+            for t, r in runs.items()
+            if isinstance(r, dict) and r.get("series_MBps")  # not the CPU figures, nor tools timed for epochs only
+        }
         panels.append(("series in order, 20 ms (MB/s, higher is better)", "MB/s", rates))
         epochs = {}
         for lat, tool in (("20 ms", "idcfs"), ("0 ms", "idcfs"), ("0 ms", "local disk")):
