@@ -409,7 +409,7 @@ class IdcFileSystem(AbstractFileSystem):
         if mode != "rb":
             raise OSError(errno.EROFS, "idc:// is read-only", self._strip_protocol(path))
         loop, stripped = self._loop(), self._strip_protocol(path)
-        parts = [p for p in stripped.split("/") if p]
+        parts = self._parts(stripped)
         engine = loop.engine
         f = loop.known_file(stripped, parts)
         if f is not None and engine.cached_whole(f):  # no hop to the engine's thread at all
