@@ -56,11 +56,9 @@ class Index:
         self.ns = _namespace
         # A connection of its own (a cursor): the engine's may be busy in another thread.
         self._con = _namespace._con.cursor()
-        self._con.register("tree", _namespace.table)
-        path = " || '/' || ".join(f"tree.c{d}" for d in range(_namespace.depth))
+        self._con.register("tree", _namespace.series_paths())
         self._con.execute(
-            f'CREATE TEMP VIEW "index" AS SELECT idx.*, {path} AS path '
-            "FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path"
+            'CREATE TEMP VIEW "index" AS SELECT idx.*, tree.path FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path'
         )
 
     @property

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import treecache
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
@@ -99,6 +101,14 @@ def unescape(name: str) -> str:
 _SQL_ESCAPE = "replace(replace(replace(coalesce({col}, ''), '%', '%25'), '/', '%2F'), chr(0), '%00')"
 
 
+def _sql_value(col: str) -> str:
+    """escape_value in SQL. The replace chain runs only on values that need it (none in the real index): run on
+    every value, it tripled the time of a full-index tree build."""
+    c = f'"{col}"'
+    special = f"contains({c}, '%') OR contains({c}, '/') OR contains({c}, chr(0))"
+    return f"(CASE WHEN {c} IS NULL THEN '' WHEN {special} THEN {_SQL_ESCAPE.format(col=c)} ELSE {c} END)"
+
+
 def _sql_component(expr: str) -> str:
     e = f"({expr})"
     return f"(CASE WHEN {e} = '' THEN '%' WHEN {e} IN ('.', '..') THEN replace({e}, '.', '%2E') ELSE {e} END)"
@@ -122,7 +132,7 @@ def parse_template(template: str) -> list[str]:
         pieces = []
         for i, token in enumerate(re.split("%(" + "|".join(TEMPLATE_ATTRIBUTES) + ")", part)):
             if i % 2:
-                pieces.append(_SQL_ESCAPE.format(col=f'"{token}"'))
+                pieces.append(_sql_value(token))
             elif token:
                 pieces.append("'" + token.replace("'", "''") + "'")
         levels.append(_sql_component(" || ".join(pieces)))
@@ -204,31 +214,53 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------------------
 # The tree
 
-TREE_FORMAT = 4
+TREE_FORMAT = 5
 METADATA_CACHE_SIZE = 4096  # series whose xattr values are kept
+_ENUM = "idcfs_enum_"  # prefix of the enum types of per-series columns
+LEVELS_KEY = b"idcfs.levels"  # schema metadata of a stored tree: the number of directories at each level
 
 
-def _load_tree(path: Path | None) -> pa.Table | None:
-    if path is None or not path.exists():
-        return None
-    try:  # memory-mapped: pages are shared with the page cache and loaded on use
-        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    except (OSError, pa.ArrowInvalid) as e:
-        log.warning("ignoring unreadable tree cache %s: %s", path, e)
-        return None
+def _numpy(a: pa.Array) -> np.ndarray:
+    """An integer array without nulls as a numpy view of its buffer. (Array.to_numpy imports pandas, which
+    took 0.2 s of every mount's start.)"""
+    dtype = np.dtype(f"{'' if pa.types.is_signed_integer(a.type) else 'u'}int{a.type.bit_width}")
+    return np.frombuffer(a.buffers()[1], dtype=dtype, count=len(a), offset=a.offset * dtype.itemsize)
 
 
-def _save_tree(path: Path | None, table: pa.Table) -> None:
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, path)  # atomic: concurrent mounts never see a torn file
-    except OSError as e:
-        log.warning("cannot cache the tree in %s: %s", path.parent, e)
+def _int32s(values: np.ndarray) -> pa.Array:
+    """The inverse of _numpy for int32 (pa.array of a numpy array imports pandas too)."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
+
+def _padded(values: pa.Array, n: int) -> pa.Array:
+    """values followed by nulls up to length n: every column of a stored tree has one row per series."""
+    return values if len(values) == n else pa.concat_arrays([values, pa.nulls(n - len(values), values.type)])
+
+
+def _tree_batch(rows: pa.Table, depth: int) -> pa.RecordBatch:
+    """The tree as stored, from the selection sorted by path (c0..c{depth-1}, crdc_series_uuid, aws_bucket,
+    summary columns): for each level d, each directory's first row (start{d}) and name (name{d}); for each
+    series, its uuid, bucket and summary values (dictionary-encoded). A mount maps it and computes nothing."""
+    n = rows.num_rows
+    changed = np.zeros(n, dtype=bool)
+    changed[0] = True
+    columns, counts = {}, []
+    for d in range(depth):
+        col = rows.column(f"c{d}").combine_chunks()
+        if n > 1:
+            differs = pc.indices_nonzero(pc.not_equal(col.slice(1), col.slice(0, n - 1)))
+            changed[_numpy(differs.cast(pa.int64())) + 1] = True
+        starts = _int32s(np.flatnonzero(changed))
+        counts.append(len(starts))
+        columns[f"name{d}"] = _padded(col.take(starts), n)
+        columns[f"start{d}"] = _padded(starts, n)
+    columns["uuid"] = rows.column("crdc_series_uuid").combine_chunks()
+    for c in ("aws_bucket", *SUMMARY_COLUMNS):
+        values = rows.column(c).combine_chunks()
+        columns[c] = values if pa.types.is_dictionary(values.type) else values.dictionary_encode()
+    batch = pa.RecordBatch.from_pydict(columns)
+    return batch.replace_schema_metadata({LEVELS_KEY: json.dumps(counts).encode()})
 
 
 @dataclass(frozen=True)
@@ -277,28 +309,39 @@ class Namespace:
         self.earlier_versions = 0  # series versions a manifest named from releases before self.release
         where, params = self._where(selection)
         con = self._con
-        summary = ", ".join(c if c in self.columns else f"NULL::VARCHAR AS {c}" for c in SUMMARY_COLUMNS)
+        # Few distinct values: sorted as enum codes (dictionary arrays in Arrow), not strings.
+        per_series = ("aws_bucket", *SUMMARY_COLUMNS)
+        coded = [c for c in per_series if c in self.columns]
+        picked = ", ".join(f"{c}::{_ENUM}{c} AS {c}" if c in coded else f"NULL::VARCHAR AS {c}" for c in per_series)
         cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
         order = ", ".join(f"c{i}" for i in range(self.depth))
         query = f"""
-            SELECT {cols}, crdc_series_uuid, aws_bucket, {summary}
+            SELECT {cols}, crdc_series_uuid, {picked}
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
         cached = self._tree_cache_path(cache_dir, query, params)
-        table = _load_tree(cached)
-        if table is None:
+        tree = treecache.load(cached)
+        if tree is None:
             try:
-                table = con.sql(query, params=params).to_arrow_table()
+                for c in coded:
+                    values = con.execute(f"SELECT DISTINCT {c} FROM idx WHERE {c} IS NOT NULL").fetchall()
+                    con.execute(
+                        f"CREATE OR REPLACE TYPE {_ENUM}{c} AS ENUM ({', '.join(_sql_str(v) for (v,) in values)})"
+                    )
+                rows = con.sql(query, params=params).to_arrow_table()
             except duckdb.Error as e:
                 raise SelectionError(f"invalid selection: {_one_line(e)}") from None
-            for c in SUMMARY_COLUMNS:  # stored as codes: a mapped tree then pages in 4 bytes a series, not strings
-                i = table.schema.get_field_index(c)
-                table = table.set_column(i, c, table.column(c).combine_chunks().dictionary_encode())
-            _save_tree(cached, table)
-        if table.num_rows == 0:
-            raise SelectionError(
-                "the selection is empty: no series match --filter/--collection/--manifest/--license/--idc-version"
-            )
-        self._build(table)
+            if rows.num_rows == 0:
+                raise SelectionError(
+                    "the selection is empty: no series match --filter/--collection/--manifest/--license/--idc-version"
+                )
+            tree = _tree_batch(rows, self.depth)
+            del rows
+            # Mapped from the file once stored: its pages are then shared with the page cache, not this
+            # process's own memory, which Arrow's allocator is asked to give back.
+            if treecache.save(cached, tree) is not None and (mapped := treecache.load(cached)) is not None:
+                tree = mapped
+                pa.default_memory_pool().release_unused()
+        self._build(tree)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:", config={"threads": 2})
@@ -542,40 +585,22 @@ class Namespace:
         params += [uuids, uids]
         return "(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))"
 
-    def _build(self, table: pa.Table) -> None:
-        n = table.num_rows
-        self.table = table  # c0..c{depth-1}, crdc_series_uuid, aws_bucket, *SUMMARY_COLUMNS; sorted by path
-        self.num_series = n
-        # Summary columns as dictionary codes (-1 for NULL), so a subtree's counts are one bincount.
-        self._summary: dict[str, tuple[list, np.ndarray]] = {}
-        for c in SUMMARY_COLUMNS:
-            enc = table.column(c).combine_chunks()  # dictionary-encoded when the tree was made
-            codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-            self._summary[c] = (enc.dictionary.to_pylist(), codes)
-        self._uuid = table.column("crdc_series_uuid").combine_chunks()
-        buckets = table.column("aws_bucket").combine_chunks().dictionary_encode()
+    def _build(self, tree: pa.RecordBatch) -> None:
+        """Views into the stored tree (see _tree_batch); nothing is copied, so a mapped tree costs memory only
+        where it is walked."""
+        counts = json.loads(tree.schema.metadata[LEVELS_KEY])
+        self.num_series = tree.num_rows
+        self._tree = tree
+        self._uuid = tree.column("uuid")
+        buckets = tree.column("aws_bucket")
         self._bucket_names = buckets.dictionary.to_pylist()
-        self._bucket_idx = buckets.indices.to_numpy(zero_copy_only=False)
-        # starts[d]: first row of each distinct prefix of length d+1; names[d]: its last component.
-        self.starts: list[np.ndarray] = []
-        self.names: list[pa.Array] = []
-        changed = np.zeros(n, dtype=bool)
-        changed[0] = True
-        for d in range(self.depth):
-            col = table.column(f"c{d}").combine_chunks()
-            if n > 1:
-                diff = pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-                changed[1:] |= diff
-            starts = np.flatnonzero(changed).astype(np.int64)
-            self.starts.append(starts)
-            self.names.append(col.take(pa.array(starts)))
-        # Each group's children at the next level: [child_lo[g], child_lo[g+1]).
-        self._child_lo = []
-        for d in range(self.depth - 1):
-            lo = np.searchsorted(self.starts[d + 1], self.starts[d]).astype(np.int64)
-            self._child_lo.append(np.append(lo, len(self.starts[d + 1])))
-        self._offsets = np.cumsum([0] + [len(s) for s in self.starts])
+        self._bucket_idx = _numpy(buckets.indices)
+        # starts[d]: first row of each directory at level d; names[d]: its name. Sorted within each parent.
+        self.starts = [_numpy(tree.column(f"start{d}").slice(0, k)) for d, k in enumerate(counts)]
+        self.names = [tree.column(f"name{d}").slice(0, k) for d, k in enumerate(counts)]
+        self._offsets = np.cumsum([0] + counts)
         self.num_dirs = int(self._offsets[-1])
+        self._summary: dict[str, tuple[list, np.ndarray]] = {}  # summary column -> (values, codes); on first use
 
     # -- directory ids: 0 is the root, then the groups of each level in order.
 
@@ -594,10 +619,15 @@ class Namespace:
         return self.dir_of(dir_id)[0] == self.depth - 1
 
     def _children_range(self, level: int, group: int) -> tuple[int, int]:
+        """The groups one level down that a directory holds: those whose first rows fall in its rows."""
         if level == -1:
             return 0, len(self.starts[0])
-        lo = self._child_lo[level]
-        return int(lo[group]), int(lo[group + 1])
+        rows, below = self._group_rows(level, group), self.starts[level + 1]
+        return int(np.searchsorted(below, rows.start)), int(np.searchsorted(below, rows.stop))
+
+    def _group_rows(self, level: int, group: int) -> range:
+        starts = self.starts[level]
+        return range(int(starts[group]), int(starts[group + 1]) if group + 1 < len(starts) else self.num_series)
 
     def subdirs(self, dir_id: int, start: int = 0, count: int | None = None) -> list[tuple[str, int]]:
         """(name, dir_id) of the subdirectories, from the start-th on (at most count of them)."""
@@ -640,10 +670,16 @@ class Namespace:
     def rows_in(self, dir_id: int) -> range:
         """The series rows under a directory."""
         level, group = self.dir_of(dir_id)
-        if level == -1:
-            return range(self.num_series)
-        starts = self.starts[level]
-        return range(int(starts[group]), int(starts[group + 1]) if group + 1 < len(starts) else self.num_series)
+        return range(self.num_series) if level == -1 else self._group_rows(level, group)
+
+    def series_paths(self) -> pa.Table:
+        """Each series' directory path, in tree order (columns crdc_series_uuid, path)."""
+        rows = np.arange(self.num_series)
+        parts = [
+            self.names[d].take(_int32s(np.searchsorted(self.starts[d], rows, side="right") - 1))
+            for d in range(self.depth)
+        ]
+        return pa.table({"crdc_series_uuid": self._uuid, "path": pc.binary_join_element_wise(*parts, "/")})
 
     def attributes_at(self, level: int) -> list[str]:
         """The template attributes that name the directories down to `level` (constant below it)."""
@@ -656,6 +692,10 @@ class Namespace:
     def counts(self, dir_id: int, column: str) -> dict[str | None, int]:
         """How many series under a directory have each value of a summary column (None: not given),
         most frequent first."""
+        if column not in self._summary:  # codes with -1 for NULL, so a subtree's counts are one bincount
+            enc = self._tree.column(column)
+            codes = _numpy(enc.indices.cast(pa.int32()).fill_null(-1))
+            self._summary[column] = (enc.dictionary.to_pylist(), codes)
         names, codes = self._summary[column]
         rows = self.rows_in(dir_id)
         tally = np.bincount(codes[rows.start : rows.stop] + 1, minlength=len(names) + 1)
