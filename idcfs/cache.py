@@ -25,7 +25,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import diskcache
 import xxhash
 
+from . import treecache
 from .instancecache import InstanceCache
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,8 @@ class CacheDir:
             "blocks": len(b) if b is not None else 0,
             "block_size_bytes": BLOCK_SIZE,
             "series_listed": self.meta.listings(),
+            **dict(zip(("trees", "trees_bytes"), treecache.usage(self.root / "trees"), strict=True)),
+            "trees_limit_bytes": treecache.TREES_CAP,
             "hit_rate": round(c["hits"] / lookups, 4) if lookups else None,
             **c,
         }
@@ -433,7 +435,11 @@ class CacheDir:
             self.blocks.clear()
             self.files.clear()
         self.meta.clear()
-        shutil.rmtree(self.root / "trees", ignore_errors=True)
+        self.clear_trees()
+
+    def clear_trees(self) -> int:
+        """Delete the sorted trees kept for later mounts (see treecache); how many."""
+        return treecache.clear(self.root / "trees")
 
     def close(self) -> None:
         if self.blocks is not None:

@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
         if name == "stats":
             a.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            a.add_argument("--trees", action="store_true", help="delete only the sorted trees kept for later mounts")
 
     pf = sub.add_parser(
         "prefetch",
@@ -570,7 +572,11 @@ def cmd_cache(args) -> int:
         return EXIT_USAGE
     cache = CacheDir(root)
     try:
-        if args.cache_command == "clear":
+        if args.cache_command == "clear" and args.trees:
+            before = cache.stats()["trees_bytes"]
+            n = cache.clear_trees()
+            print(f"cleared {n} trees from {root} ({_fmt_bytes(before)})")
+        elif args.cache_command == "clear":
             before = cache.stats()["size_bytes"]
             cache.clear()
             print(f"cleared {root} ({_fmt_bytes(before)} of blocks)")

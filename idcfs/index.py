@@ -58,7 +58,8 @@ class Index:
         self._con = _namespace._con.cursor()
         self._con.register("tree", _namespace.series_paths())
         self._con.execute(
-            'CREATE TEMP VIEW "index" AS SELECT idx.*, tree.path FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path'
+            'CREATE TEMP VIEW "index" AS SELECT idx.*, tree.path '
+            "FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path"
         )
 
     @property

@@ -41,10 +41,12 @@ def load(path: Path | None) -> pa.RecordBatch | None:
     return batch
 
 
-def save(path: Path | None, batch: pa.RecordBatch, cap: int = TREES_CAP) -> Path | None:
-    """Store the tree at path atomically, then keep the directory under cap; the path, or None if not stored."""
+def save(path: Path | None, batch: pa.RecordBatch, cap: int | None = None) -> Path | None:
+    """Store the tree at path atomically, then keep the directory under cap (default TREES_CAP); the path, or
+    None if not stored."""
     if path is None:
         return None
+    cap = TREES_CAP if cap is None else cap
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

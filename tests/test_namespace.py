@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from idcfs.namespace import (
@@ -15,6 +18,8 @@ from idcfs.namespace import (
     parse_template,
     unescape,
 )
+
+from .conftest import idcfs
 
 
 def walk(ns: Namespace, dir_id=0, prefix=()):
@@ -128,3 +133,34 @@ def test_tree_cache_gives_the_same_tree(small_index, tmp_path):
     for f in (tmp_path / "trees").glob("*.arrow"):
         f.write_bytes(f.read_bytes()[:100])
     assert list(walk(Namespace(small_index, cache_dir=tmp_path))) == fresh
+
+
+def test_tree_files_are_capped_least_recently_used_first(small_index, tmp_path, monkeypatch):
+    from idcfs import treecache
+
+    trees = tmp_path / "trees"
+    kinds = {"a": ("4d_lung",), "b": ("rider_phantom_mri",), "c": ("acrin_contralateral_breast_mr",)}
+
+    def tree(kind):
+        before = set(trees.glob("*.arrow"))
+        ns = Namespace(small_index, selection=Selection(collections=kinds[kind]), cache_dir=tmp_path)
+        new = set(trees.glob("*.arrow")) - before
+        return ns, new.pop() if new else None
+
+    sizes = {k: tree(k)[1].stat().st_size for k in kinds}
+    assert treecache.clear(trees) == 3 and not list(trees.glob("*.arrow"))
+    monkeypatch.setattr(treecache, "TREES_CAP", sizes["a"] + sizes["c"])
+    ns_a, a = tree("a")
+    _, b = tree("b")
+    time.sleep(0.02)
+    assert tree("a")[1] is None  # mapped again, not rebuilt: now more recently used than b
+    time.sleep(0.02)
+    _, c = tree("c")
+    assert sorted(trees.glob("*.arrow")) == sorted([a, c])  # b was dropped to stay under the cap
+    assert list(walk(ns_a))  # a mount mapping a dropped file keeps reading it; here a is kept anyway
+    r = idcfs("cache", "stats", "--json", "--cache-dir", tmp_path)
+    stats = json.loads(r.stdout)
+    assert (stats["trees"], stats["trees_bytes"]) == (2, sizes["a"] + sizes["c"]), r.stderr
+    r = idcfs("cache", "clear", "--trees", "--cache-dir", tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("cleared 2 trees"), r.stderr
+    assert json.loads(idcfs("cache", "stats", "--json", "--cache-dir", tmp_path).stdout)["trees"] == 0
