@@ -58,6 +58,17 @@ class Engine:
 
     # -- the tree by name
 
+    async def file(self, ino: int) -> InstanceFile | None:
+        """The instance file with this inode number (see Listings.file)."""
+        return await self.listings.file(ino)
+
+    def looked_up(self, f: InstanceFile) -> None:
+        """The kernel holds one more reference to f's inode (see Listings)."""
+        self.listings.looked_up(f)
+
+    def forget(self, ino: int, n: int) -> None:
+        self.listings.forget(ino, n)
+
     async def child(self, dir_id: int, name: str) -> Node | None:
         """The entry `name` of directory dir_id; a leaf directory's files are LISTed on first use."""
         if self.ns.is_leaf(dir_id):
@@ -68,7 +79,7 @@ class Engine:
         """The entries of a directory from the start-th on (at most count of them), in name order."""
         if self.ns.is_leaf(dir_id):
             await self.listings.files_of(dir_id)
-            files = self.listings.in_order(dir_id)
+            files = self.listings.in_order(dir_id)  # kept: files_of never drops the directory it lists
             return [(f.name, f) for f in files[start : None if count is None else start + count]]
         return self.ns.subdirs(dir_id, start, count)
 
@@ -183,7 +194,7 @@ class Engine:
             "failovers": self.store.failovers,
             "origin_errors": self.store.errors,
             "origin_corrupt_bodies": self.store.corrupt_bodies,
-            "files_known": len(self.listings.files),
+            "files_known": self.listings.files_held,
             "background_errors": self.background.errors if self.background else 0,
         }
 

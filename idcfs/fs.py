@@ -1,7 +1,8 @@
 """The FUSE adapter: pyfuse3 Operations over the namespace, the listings and the read path.
 
-Inode 1 is the root; directory id k is inode k + 1; instance files get
-inodes above all directories as their series are listed. Handlers are thin,
+Inode 1 is the root; directory id k is inode k + 1; an instance file's inode,
+above all directories', follows from its directory and place in it (Listings.ino),
+so it never changes, even when its listing is dropped from memory. Handlers are thin,
 and every one goes through `_boundary`, the single place that turns
 exceptions into errno values: anything else escaping would end the mount.
 """
@@ -131,8 +132,8 @@ class IdcOperations(pyfuse3.Operations):
         d = ino - 1
         return d if 0 <= d <= self.ns.num_dirs else None
 
-    def _file(self, ino: int) -> InstanceFile:
-        f = self.engine.listings.files.get(ino)
+    async def _file(self, ino: int) -> InstanceFile:
+        f = await self.engine.file(ino)
         if f is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return f
@@ -150,18 +151,24 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         if text == ".":
             return self._dir_attr(dir_id)
-        return self._node_attr(await self.engine.child(dir_id, text))
+        node = await self.engine.child(dir_id, text)
+        attr = self._node_attr(node)
+        if isinstance(node, InstanceFile):
+            self.engine.looked_up(node)
+        return attr
 
     @_boundary
     async def getattr(self, inode, ctx=None):
         dir_id = self._dir_id(inode)
         if dir_id is not None:
             return self._dir_attr(dir_id)
-        return self._file_attr(self._file(inode))
+        return self._file_attr(await self._file(inode))
 
     @_boundary
     async def forget(self, inode_list):
-        pass  # inodes are stable for the life of the mount
+        # Inode numbers never change; what the kernel forgot tells which listings to drop first.
+        for ino, n in inode_list:
+            self.engine.forget(ino, n)
 
     @_boundary
     async def opendir(self, inode, ctx):
@@ -179,6 +186,8 @@ class IdcOperations(pyfuse3.Operations):
             for i, (name, node) in enumerate(entries, start_id):
                 if not pyfuse3.readdir_reply(token, name.encode(), self._node_attr(node), i + 1):
                     return
+                if isinstance(node, InstanceFile):  # READDIRPLUS: the kernel now holds a reference to it
+                    self.engine.looked_up(node)
             if len(entries) < READDIR_BATCH:
                 return
             start_id += len(entries)
@@ -192,7 +201,7 @@ class IdcOperations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 1 << 20
         s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = self.ns.num_dirs + len(self.engine.listings.files)
+        s.f_files = self.ns.num_dirs + self.engine.stats()["files_known"]
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
@@ -205,7 +214,7 @@ class IdcOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if self._dir_id(inode) is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        f = self._file(inode)
+        f = await self._file(inode)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._open[fh] = self.engine.open(f, local=self.passthrough.on)
         # Large instances (slide microscopy) bypass the page cache: the kernel's readahead would turn
@@ -257,7 +266,7 @@ class IdcOperations(pyfuse3.Operations):
 
     async def _xattrs(self, inode) -> dict[str, str]:
         dir_id = self._dir_id(inode)
-        meta = await self.engine.metadata(self._file(inode) if dir_id is None else dir_id)
+        meta = await self.engine.metadata(await self._file(inode) if dir_id is None else dir_id)
         if dir_id == 0:  # control attributes of the mount itself
             meta["stats"] = json.dumps(
                 {**self.engine.stats(), **self.passthrough.stats(), "open_files": len(self._open)}

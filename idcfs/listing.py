@@ -4,12 +4,22 @@ The index has no instance names or sizes, so the first lookup or listing of a
 leaf directory LISTs each of its series once, and keeps the result in the
 cache directory forever (a crdc UUID names immutable content): a remount or a
 second mount makes no LIST for series seen before. Concurrent callers share
-one LIST. File inode numbers are handed out then and never reused in a mount.
+one LIST.
+
+A file's inode number is computed from its directory and its place in it, so
+it is the same whenever the directory is listed again. That lets memory stay
+bounded: at most HELD_FILES files are kept listed, least recently used dropped
+first, and among those, first the directories whose files the kernel has
+forgotten (FORGET). A dropped directory is read back from the cache directory
+when it or one of its inodes is asked for again. A listing that could not be
+kept in the cache directory is never dropped: listed again, the origin might
+answer differently.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import trio
@@ -21,7 +31,12 @@ from .store import ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+INDEX_BITS = 24  # files per directory: the largest series holds 91,980 instances
+HELD_FILES = 131_072  # files kept listed in memory (about 50 MB), beyond those of directories never stored
+SHRINK_TO = 0.9  # dropping goes down to this share of HELD_FILES, so it runs in batches
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceFile:
     ino: int
     name: str
@@ -38,6 +53,17 @@ class InstanceFile:
         return f"{self.series.crdc_series_uuid}/{self.name}"
 
 
+class _Listed:
+    """One listed leaf directory."""
+
+    __slots__ = ("by_name", "in_order", "stored")
+
+    def __init__(self, by_name: dict[str, InstanceFile], stored: bool):
+        self.by_name = by_name
+        self.in_order = list(by_name.values())  # by name
+        self.stored = stored  # in the cache directory: dropping it from memory loses nothing
+
+
 class Listings:
     def __init__(
         self,
@@ -46,26 +72,67 @@ class Listings:
         meta: MetaCache | None,
         limiter: trio.CapacityLimiter,
         first_ino: int,
+        held: int = HELD_FILES,
     ):
         self.ns = ns
         self.store = store
         self.meta = meta
         self.limiter = limiter  # LISTs; listings kept on disk are read under their own limit
         self.disk = trio.CapacityLimiter(8)
-        self._next_ino = first_ino
-        self.files: dict[int, InstanceFile] = {}
-        self._dirs: dict[int, dict[str, InstanceFile]] = {}  # dir_id -> name -> file, sorted by name
-        self._order: dict[int, list[InstanceFile]] = {}
+        self.first_ino = first_ino  # above every directory's inode
+        self.held = held
+        self._listed: OrderedDict[int, _Listed] = OrderedDict()  # dir_id -> listing, least recently used first
+        self.files_held = 0
+        self._kernel_refs: dict[int, int] = {}  # dir_id -> lookups the kernel holds on its files
         self._pending: dict[int, trio.Event] = {}
         self.list_requests = 0
 
     def adopt(self, other: Listings) -> None:
         """Take the directories `other` has listed (a forked child, from its parent's engine): the child then
-        resolves those paths from memory, with the parent's inode numbers."""
-        self.files.update(other.files)
-        self._dirs.update(other._dirs)
-        self._order.update(other._order)
-        self._next_ino = max(self._next_ino, other._next_ino)
+        resolves those paths from memory, with the same inode numbers."""
+        for dir_id, listed in other._listed.items():
+            if dir_id not in self._listed:
+                self._listed[dir_id] = listed
+                self.files_held += len(listed.in_order)
+
+    # -- inode numbers
+
+    def ino(self, dir_id: int, index: int) -> int:
+        return self.first_ino + (dir_id << INDEX_BITS) + index
+
+    def _locate(self, ino: int) -> tuple[int, int] | None:
+        """(dir_id, index) of a file's inode number, or None if it cannot be one."""
+        k = ino - self.first_ino
+        dir_id, index = k >> INDEX_BITS, k & ((1 << INDEX_BITS) - 1)
+        return (dir_id, index) if dir_id > 0 and self.ns.is_leaf(dir_id) else None
+
+    async def file(self, ino: int) -> InstanceFile | None:
+        """The file with this inode number; its directory is read back if it was dropped from memory."""
+        where = self._locate(ino)
+        if where is None:
+            return None
+        dir_id, index = where
+        await self.files_of(dir_id)
+        files = self.in_order(dir_id)
+        return files[index] if index < len(files) else None
+
+    # -- the kernel's references
+
+    def looked_up(self, f: InstanceFile) -> None:
+        """The kernel was given f's inode (LOOKUP, READDIRPLUS): it holds one more reference until FORGET."""
+        self._kernel_refs[f.dir_id] = self._kernel_refs.get(f.dir_id, 0) + 1
+
+    def forget(self, ino: int, n: int) -> None:
+        where = self._locate(ino)
+        if where is None:
+            return
+        left = self._kernel_refs.get(where[0], 0) - n
+        if left > 0:
+            self._kernel_refs[where[0]] = left
+        else:
+            self._kernel_refs.pop(where[0], None)
+
+    # -- listings
 
     def will_list(self, most: int) -> bool:
         """A selection of at most `most` series, one of them not listed in the cache directory: a mount of a
@@ -75,19 +142,22 @@ class Listings:
         return self.meta is None or any(self.meta.listing(s.crdc_series_uuid) is None for s in self.ns.all_series())
 
     def in_order(self, dir_id: int) -> list[InstanceFile]:
-        """The files of a directory already listed, by name; [] if not listed yet."""
-        return self._order.get(dir_id, [])
+        """The files of a directory in memory, by name; [] if not listed (or dropped)."""
+        listed = self._listed.get(dir_id)
+        return [] if listed is None else listed.in_order
 
     def listed(self, dir_id: int) -> dict[str, InstanceFile] | None:
-        """The files of a leaf directory if listed already (safe from any thread), else None."""
-        return self._dirs.get(dir_id)
+        """The files of a leaf directory if in memory (safe from any thread), else None."""
+        listed = self._listed.get(dir_id)
+        return None if listed is None else listed.by_name
 
     async def files_of(self, dir_id: int) -> dict[str, InstanceFile]:
         """The files of a leaf directory, LISTing its series on first use."""
         while True:
-            done = self._dirs.get(dir_id)
+            done = self._listed.get(dir_id)
             if done is not None:
-                return done
+                self._listed.move_to_end(dir_id)
+                return done.by_name
             pending = self._pending.get(dir_id)
             if pending is None:
                 break
@@ -95,36 +165,55 @@ class Listings:
         event = self._pending[dir_id] = trio.Event()
         try:
             entries: list[tuple[Series, ObjectInfo]] = []
+            stored = self.meta is not None
             for series in self.ns.series_in(dir_id):
-                entries += [(series, o) for o in await self._list(series)]
+                objs, kept = await self._list(series)
+                entries += [(series, o) for o in objs]
+                stored = stored and kept
             entries.sort(key=lambda e: e[1].name)
             files: dict[str, InstanceFile] = {}
             for series, obj in entries:
                 if obj.name in files:  # same name in two series of one directory: keep the first
                     log.warning("duplicate file name %s in directory %d", obj.name, dir_id)
                     continue
+                index = len(files)
                 f = InstanceFile(
-                    self._next_ino, obj.name, obj.size, obj.mtime_ns, obj.etag, obj.md5, series, dir_id, len(files)
+                    self.ino(dir_id, index), obj.name, obj.size, obj.mtime_ns, obj.etag, obj.md5, series, dir_id, index
                 )
-                self._next_ino += 1
-                self.files[f.ino] = f
                 files[f.name] = f
-            self._dirs[dir_id] = files
-            self._order[dir_id] = list(files.values())
+            self._listed[dir_id] = _Listed(files, stored)
+            self.files_held += len(files)
+            if self.files_held > self.held:
+                self._shrink(keep=dir_id)
             return files
         finally:
             del self._pending[dir_id]
             event.set()
 
-    async def _list(self, series: Series) -> list[ObjectInfo]:
+    def _shrink(self, keep: int) -> None:
+        """Drop listings, least recently used first, down to SHRINK_TO of the bound: first those the kernel
+        holds no inode of, then any (their inodes stay valid: see file())."""
+        target = self.held * SHRINK_TO
+        for kernel_too in (False, True):
+            for dir_id, listed in list(self._listed.items()):
+                if self.files_held <= target:
+                    return
+                if dir_id == keep or not listed.stored or (not kernel_too and dir_id in self._kernel_refs):
+                    continue
+                del self._listed[dir_id]
+                self.files_held -= len(listed.in_order)
+
+    async def _list(self, series: Series) -> tuple[list[ObjectInfo], bool]:
+        """The series' objects, and whether that list is kept in the cache directory."""
         uuid = series.crdc_series_uuid
         if self.meta is not None:
             known = await trio.to_thread.run_sync(self.meta.listing, uuid, limiter=self.disk)
             if known is not None:
-                return [ObjectInfo(*entry) for entry in known]
+                return [ObjectInfo(*entry) for entry in known], True
         self.list_requests += 1
         objs = await trio.to_thread.run_sync(self.store.list_series, series.aws_bucket, uuid, limiter=self.limiter)
-        if self.meta is not None and objs:  # an empty LIST may be a lagging mirror: ask again next time
-            entry = [o.entry() for o in objs]
-            await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.disk)
-        return objs
+        if self.meta is None or not objs:  # an empty LIST may be a lagging mirror: ask again next time
+            return objs, False
+        entry = [o.entry() for o in objs]
+        kept = await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.disk)
+        return objs, bool(kept)
