@@ -181,13 +181,18 @@ class IdcOperations(pyfuse3.Operations):
         # The kernel's buffer takes about a hundred entries per call, and a listing is read in many calls:
         # taking entries in batches keeps `ls` of 26,410 patients linear instead of quadratic.
         dir_id = self._dir_id(fh)
+        subdir = self._dir_attr(0)  # one for all subdirectories: readdir_reply copies it at once
         while True:
             entries = await self.engine.children(dir_id, start_id, READDIR_BATCH)
             for i, (name, node) in enumerate(entries, start_id):
-                if not pyfuse3.readdir_reply(token, name.encode(), self._node_attr(node), i + 1):
-                    return
-                if isinstance(node, InstanceFile):  # READDIRPLUS: the kernel now holds a reference to it
-                    self.engine.looked_up(node)
+                if isinstance(node, InstanceFile):
+                    if not pyfuse3.readdir_reply(token, name.encode(), self._file_attr(node), i + 1):
+                        return
+                    self.engine.looked_up(node)  # READDIRPLUS: the kernel now holds a reference to it
+                else:
+                    subdir.st_ino = node + 1
+                    if not pyfuse3.readdir_reply(token, name.encode(), subdir, i + 1):
+                        return
             if len(entries) < READDIR_BATCH:
                 return
             start_id += len(entries)

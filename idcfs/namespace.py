@@ -623,7 +623,8 @@ class Namespace:
         if level == -1:
             return 0, len(self.starts[0])
         rows, below = self._group_rows(level, group), self.starts[level + 1]
-        return int(np.searchsorted(below, rows.start)), int(np.searchsorted(below, rows.stop))
+        # Searched with int32 keys: a Python int would make numpy convert the whole (mapped) array first.
+        return int(below.searchsorted(np.int32(rows.start))), int(below.searchsorted(np.int32(rows.stop)))
 
     def _group_rows(self, level: int, group: int) -> range:
         starts = self.starts[level]
@@ -674,7 +675,7 @@ class Namespace:
 
     def series_paths(self) -> pa.Table:
         """Each series' directory path, in tree order (columns crdc_series_uuid, path)."""
-        rows = np.arange(self.num_series)
+        rows = np.arange(self.num_series, dtype=np.int32)
         parts = [
             self.names[d].take(_int32s(np.searchsorted(self.starts[d], rows, side="right") - 1))
             for d in range(self.depth)
