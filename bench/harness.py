@@ -94,7 +94,7 @@ def series_of(state, modality: str) -> list[str]:
 
 
 def origin_dir(state, uuid: str) -> Path:
-    from idcfs.namespace import GCS_MIRROR
+    from idcfs.store import GCS_MIRROR
 
     bucket = next(s["aws_bucket"] for s in state.series if s["crdc_series_uuid"] == uuid)
     return Path(state.data_dir) / "gcs" / GCS_MIRROR[bucket] / uuid

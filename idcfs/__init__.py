@@ -1,18 +1,18 @@
 """idcfs: the NCI Imaging Data Commons as a read-only FUSE filesystem."""
 
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("idcfs")
-except Exception:  # running from a source tree
-    __version__ = "0.1.0"
-
 from .api import MountFailed, mounted
 
 __all__ = ["Index", "MountFailed", "__version__", "mounted"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # looked up on use: importlib.metadata took 40 ms of every command's start
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("idcfs")
+        except PackageNotFoundError:  # running from a source tree
+            return "0.1.0"
     if name == "Index":  # imported on use: it loads duckdb and pyarrow
         from .index import Index
 

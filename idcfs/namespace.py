@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import treecache
+from .store import GCS_MIRROR
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,6 @@ DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%Serie
 TEMPLATE_ATTRIBUTES = ("PatientID", "collection_id", "Modality", "StudyInstanceUID", "SeriesInstanceUID")
 TEMPLATE_SEPARATORS = ("_", "-", "/")
 
-# AWS bucket (as named in the index) -> its GCS mirror.
-GCS_MIRROR = {
-    "idc-open-data": "idc-open-data",
-    "idc-open-data-two": "idc-open-idc1",
-    "idc-open-data-cr": "idc-open-cr",
-}
 
 # Columns exposed as user.idc.* extended attributes.
 XATTR_COLUMNS = (

@@ -27,7 +27,7 @@ import duckdb
 from tqdm import tqdm
 
 from .dicomgen import SeriesRow, instance_uuid, series_datasets
-from .namespace import GCS_MIRROR
+from .store import GCS_MIRROR
 
 log = logging.getLogger(__name__)
 logging.getLogger("highdicom").setLevel(logging.WARNING)

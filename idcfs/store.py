@@ -21,7 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .namespace import GCS_MIRROR
+# AWS bucket (as named in the index) -> its GCS mirror.
+GCS_MIRROR = {
+    "idc-open-data": "idc-open-data",
+    "idc-open-data-two": "idc-open-idc1",
+    "idc-open-data-cr": "idc-open-cr",
+}
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,10 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ STALE_TMP_SECONDS = 600.0
 
 def load(path: Path | None) -> pa.RecordBatch | None:
     """The tree stored at path, memory-mapped, or None if there is none or it is unreadable."""
+    import pyarrow as pa  # here: `idcfs cache` and `idcfs mount`'s checks use this module without it
+
     if path is None or not path.exists():
         return None
     try:
@@ -44,6 +48,8 @@ def load(path: Path | None) -> pa.RecordBatch | None:
 def save(path: Path | None, batch: pa.RecordBatch, cap: int | None = None) -> Path | None:
     """Store the tree at path atomically, then keep the directory under cap (default TREES_CAP); the path, or
     None if not stored."""
+    import pyarrow as pa
+
     if path is None:
         return None
     cap = TREES_CAP if cap is None else cap

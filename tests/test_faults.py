@@ -18,9 +18,8 @@ import pytest
 
 from idcfs.cache import WHOLE_FILE
 from idcfs.faultproxy import FAULTS, FaultProxy
-from idcfs.namespace import GCS_MIRROR
 from idcfs.sandbox import read_uncached
-from idcfs.store import ObjectStore, StoreError
+from idcfs.store import GCS_MIRROR, ObjectStore, StoreError
 
 from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
 
