@@ -150,10 +150,11 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         mnt, cache = tmp / "mnt", tmp / "cache"
         mnt.mkdir()
-        first = []
+        first, first_rss = [], []
         for _ in range(args.repeat):
             shutil.rmtree(cache, ignore_errors=True)
             first.append(_mount(mnt, cache, origin))
+            first_rss.append(_rss_mb(mnt))
             _idcfs("unmount", mnt)
         warm = []
         for i in range(args.repeat):
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
                 _idcfs("unmount", mnt)
         figures["first mount, empty cache dir (s)"] = _spread(first)
         figures["warm mount (s)"] = _spread(warm)
+        extra["daemon RSS after a first mount (MB)"] = _spread(first_rss)
         try:
             ls = []
             for _ in range(args.repeat):

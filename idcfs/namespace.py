@@ -336,6 +336,10 @@ class Namespace:
             if treecache.save(cached, tree) is not None and (mapped := treecache.load(cached)) is not None:
                 tree = mapped
                 pa.default_memory_pool().release_unused()
+            # duckdb's allocator keeps what the sort used (500 MB for the whole index) until its connection
+            # is closed: a fresh one costs milliseconds.
+            self._connection.close()
+            self._connection = self._connect()
         self._build(tree)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
