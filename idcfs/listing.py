@@ -104,7 +104,7 @@ class Listings:
         """(dir_id, index) of a file's inode number, or None if it cannot be one."""
         k = ino - self.first_ino
         dir_id, index = k >> INDEX_BITS, k & ((1 << INDEX_BITS) - 1)
-        return (dir_id, index) if dir_id > 0 and self.ns.is_leaf(dir_id) else None
+        return (dir_id, index) if 0 < dir_id <= self.ns.num_dirs and self.ns.is_leaf(dir_id) else None
 
     async def file(self, ino: int) -> InstanceFile | None:
         """The file with this inode number; its directory is read back if it was dropped from memory."""
