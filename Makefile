@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
+.PHONY: demo demo-stop test test-torch wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -61,6 +61,13 @@ demo-stop:
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check idcfs tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# idcfs.torch and MONAI on a mount and idc:// (make test skips them without torch). Pinned: torch's CPU build
+# (pip takes it from this machine's wheel directory; elsewhere PyPI's build), MONAI, and ITK for its ITKReader.
+TORCH_PINS := torch==2.13.0 monai==1.6.1 itk-core==5.4.7 itk-io==5.4.7
+test-torch: $(VENV)/.installed
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_torch.py
 
 # The mount tests on the build of `make passthrough`, where the kernel reads cached instances itself.
 test-passthrough: $(VENV)/.installed

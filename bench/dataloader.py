@@ -1,10 +1,9 @@
 """A PyTorch training loop over an IDC cohort: epochs 1 and 2 through idcfs (mount and idc://) against the same
 loop over a local `idc download` copy.
 
-`IdcInstances` is the example to copy: a map-style Dataset of DICOM instances,
-read with pydicom from plain paths (a mount, a local copy) or from idc:// paths.
-For idc:// it makes its fsspec filesystem in each worker process on first use,
-never before the fork.
+The Datasets are the package's own (`idcfs.torch.IdcInstances`), and MONAI's
+(`monai.data.Dataset` with `LoadImaged(reader="ITKReader")` over series
+directories) in "monai" mode.
 
 The benchmark, on the bench origin (16 nlst CT series, 4,010 instances, 2.11 GB)
 behind the latency proxy:
@@ -14,7 +13,8 @@ behind the latency proxy:
 - idc://: a fresh cache directory, fsspec in the workers.
 Each loop runs with DataLoader workers (default 4), batch 32, shuffled; in
 "pixels" mode each item is the decoded, rescaled pixel array (what training
-needs), in "bytes" mode only the file's bytes (the I/O alone).
+needs), in "bytes" mode only the file's bytes (the I/O alone), in "monai" mode
+a whole series volume per item (batch 1; mount and local copy only).
 """
 
 from __future__ import annotations
@@ -29,66 +29,49 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .harness import CLOSED, REPO, drop_caches, origin, run, unmount, wait_mounted
 
 try:
     import torch
-    from torch.utils.data import DataLoader, Dataset
-except ImportError:  # the Dataset below needs torch: pip install torch
+    from torch.utils.data import DataLoader
+
+    from idcfs.torch import IdcInstances
+except ImportError:  # needs torch: pip install idcfs[torch]
     torch = None
-    Dataset = object
+    IdcInstances = object
 
 
-class IdcInstances(Dataset):
-    """DICOM instances as float32 tensors (CT in Hounsfield units), one item per file.
-
-    files: paths of instance files: under a mount or a local copy, or, with storage_options, idc:// paths
-    (as fs.find() returns them). storage_options: those of fsspec.filesystem("idc", ...).
-    pixels=False yields the file size instead of decoding, to measure I/O alone.
-    """
-
-    def __init__(self, files: list[str], storage_options: dict | None = None, pixels: bool = True):
-        self.files = files
-        self.storage_options = storage_options
-        self.pixels = pixels
-        self._fs = None
-        self._pid = None
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def _open(self, path: str):
-        if self.storage_options is None:
-            return open(path, "rb")
-        if self._pid != os.getpid():  # first use in this worker process: a filesystem of its own
-            import fsspec
-
-            self._fs, self._pid = fsspec.filesystem("idc", **self.storage_options), os.getpid()
-        return self._fs.open(path)
+class _Bytes(IdcInstances):
+    """The file's size after reading it whole, without decoding: the I/O alone."""
 
     def __getitem__(self, i: int):
-        import pydicom
+        with self.cohort.open(self.files[i]) as f:
+            return torch.tensor(len(f.read()))
 
-        with self._open(self.files[i]) as f:
-            if not self.pixels:
-                return torch.tensor(len(f.read()))
-            ds = pydicom.dcmread(f)
-        image = ds.pixel_array.astype(np.float32)
-        image = image * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-        return torch.from_numpy(image)
+
+def dataset(mode: str, files: list[str], storage_options: dict | None = None, series: list[str] | None = None):
+    """pixels: idcfs.torch.IdcInstances; bytes: the same files read whole; monai: one item per series
+    directory, loaded by MONAI's LoadImaged with its ITK reader."""
+    if mode == "pixels":
+        return IdcInstances(files, storage_options)
+    if mode == "bytes":
+        return _Bytes(files, storage_options)
+    from monai.data import Dataset
+    from monai.transforms import LoadImaged
+
+    load = LoadImaged(keys="image", reader="ITKReader", image_only=True)
+    return Dataset([{"image": s} for s in series], transform=load)
 
 
 def run_epoch(dataset, workers: int, batch: int, seed: int) -> dict:
-    """One pass: seconds, time to the first batch, files/s."""
+    """One pass: seconds, time to the first batch, items (files, or series for monai) per second."""
     g = torch.Generator()
     g.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, generator=g)
     t0 = time.perf_counter()
     first, n = None, 0
     for items in loader:
-        n += len(items)
+        n += len(items["image"]) if isinstance(items, dict) else len(items)
         if first is None:
             first = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
@@ -124,12 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--modes", nargs="+", default=["pixels", "bytes"], choices=["pixels", "bytes"])
+    p.add_argument("--modes", nargs="+", default=["pixels", "bytes"], choices=["pixels", "bytes", "monai"])
     p.add_argument("--tools", nargs="+", default=["local copy", "idcfs mount", "idc://"])
     p.add_argument("--json", type=Path, default=REPO / "bench" / "dataloader.json")
     args = p.parse_args(argv)
     if torch is None:
-        print("bench.dataloader needs PyTorch: pip install torch", file=sys.stderr)
+        print("bench.dataloader needs PyTorch: pip install 'idcfs[torch]' (and monai itk for --modes monai)",
+              file=sys.stderr)  # fmt: skip
         return 2
 
     import idcfs
@@ -145,11 +129,14 @@ def main(argv=None) -> int:
         for mode in args.modes:
             runs = results["runs"].setdefault(mode, {})
             for tool in args.tools:
+                if mode == "monai" and tool == "idc://":
+                    continue  # ITK reads files by path
+                batch = 1 if mode == "monai" else args.batch
                 out: dict = {}
                 mnt = work / "mnt"
                 if tool == "local copy":
                     out["download_s"] = idc_download(state, proxy.url, uids, work / "local")
-                    dataset = IdcInstances(_files(work / "local", ct), pixels=mode == "pixels")
+                    data = dataset(mode, _files(work / "local", ct), series=[str(work / "local" / p) for p in ct])
                 elif tool == "idcfs mount":
                     mnt.mkdir(exist_ok=True)
                     r = run([sys.executable, "-m", "idcfs", "mount", mnt, "--manifest", state.manifest,
@@ -158,7 +145,7 @@ def main(argv=None) -> int:
                     if r.returncode:
                         raise RuntimeError(r.stderr)
                     wait_mounted(mnt)
-                    dataset = IdcInstances(_files(mnt, ct), pixels=mode == "pixels")
+                    data = dataset(mode, _files(mnt, ct), series=[str(mnt / p) for p in ct])
                 else:
                     options = {"manifest": str(state.manifest), "s3_endpoint": proxy.url, "gcs_endpoint": CLOSED,
                                "cache_dir": str(work / "fsspec-cache")}  # fmt: skip
@@ -166,10 +153,10 @@ def main(argv=None) -> int:
 
                     fs = fsspec.filesystem("idc", **options)
                     files = [f for s in ct for f in fs.find(s)]
-                    dataset = IdcInstances(files, options, pixels=mode == "pixels")
+                    data = dataset(mode, files, options)
                 drop_caches()
-                out["epoch1"] = run_epoch(dataset, args.workers, args.batch, seed=1)
-                out["epoch2"] = run_epoch(dataset, args.workers, args.batch, seed=2)
+                out["epoch1"] = run_epoch(data, args.workers, batch, seed=1)
+                out["epoch2"] = run_epoch(data, args.workers, batch, seed=2)
                 if tool == "idcfs mount":
                     unmount(mnt)
                 for d in ("local", "mount-cache", "fsspec-cache"):

@@ -1,0 +1,301 @@
+"""PyTorch Datasets over an IDC cohort, read from a mount or from idc://.
+
+    from torch.utils.data import DataLoader
+    from idcfs.torch import Cohort, IdcInstances, IdcSeries
+
+    cohort = Cohort.select("Modality = 'CT'", manifest="cohort.s5cmd")          # idc://
+    cohort = Cohort.select("Modality = 'CT'", mountpoint="~/idc", manifest=...)  # a mount of the same selection
+    mine = cohort.shard()                          # this DDP rank's series (torch.distributed, or RANK/WORLD_SIZE)
+    loader = DataLoader(IdcInstances(mine), batch_size=32, shuffle=True, num_workers=8)
+    volumes = DataLoader(IdcSeries(mine), batch_size=None, num_workers=4)
+
+Everything here pickles as plain data (paths and options): spawned workers and Ray tasks receive it, and
+each process makes its own idc:// filesystem on first use, never before a fork. Needs `pip install
+idcfs[torch]` (torch, pydicom, SimpleITK).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["Cohort", "IdcInstances", "IdcSeries", "pixels"]
+
+PROTOCOL = "idc://"
+LIST_THREADS = 16  # a LIST takes ~0.1 s of waiting: list series directories in parallel
+# Options of idcfs.Index: a mount's selection is described by these alone.
+_SELECTION = ("filter", "manifest", "collections", "licenses", "idc_version", "template", "index", "cache_dir")
+
+
+class Cohort:
+    """Series directories, from a mount (plain paths) or idc:// (storage_options given).
+
+    A Cohort is the unit to shard across DDP ranks or Ray tasks: whole series, so a volume is never split.
+    It pickles as its paths and options; instance lists it has made travel with it.
+    """
+
+    def __init__(self, series: Sequence[str | os.PathLike], storage_options: Mapping[str, Any] | None = None):
+        self.storage_options = dict(storage_options) if storage_options is not None else None
+        self.series = [self._normal(s) for s in series]
+        self._instances: dict[str, list[str]] = {}
+        self._fs = None
+        self._pid: int | None = None
+
+    @classmethod
+    def select(
+        cls,
+        where: str = "TRUE",
+        params: Sequence | None = None,
+        *,
+        mountpoint: str | os.PathLike | None = None,
+        **options,
+    ) -> Cohort:
+        """The series whose index row satisfies the SQL condition `where` (over the index columns), in
+        tree order.
+
+        Without mountpoint: idc:// paths, with options as fsspec.filesystem("idc", ...)'s. With mountpoint:
+        paths under that mount; options are then the mount's selection (filter, manifest, collections,
+        licenses, idc_version, template, index, cache_dir), so that the paths are the mount's.
+        """
+        if mountpoint is None:
+            import fsspec
+
+            fs = fsspec.filesystem("idc", **options)
+            return cls([PROTOCOL + p for p in fs.index.paths(where, params)], storage_options=options)
+        unknown = sorted(set(options) - set(_SELECTION))
+        if unknown:
+            raise TypeError(f"{unknown[0]!r} is not a selection option of a mount; give one of {', '.join(_SELECTION)}")
+        from .index import Index
+
+        root = os.path.expanduser(os.fspath(mountpoint))
+        return cls([os.path.join(root, p) for p in Index(**options).paths(where, params)])
+
+    def _normal(self, path: str | os.PathLike) -> str:
+        path = os.fspath(path).rstrip("/")
+        if self.storage_options is not None and not path.startswith(PROTOCOL):
+            path = PROTOCOL + path
+        return path
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, which: int | slice) -> str | Cohort:
+        """cohort[i]: a series path; cohort[a:b]: a Cohort of those series."""
+        if isinstance(which, slice):
+            part = Cohort(self.series[which], self.storage_options)
+            part._instances = {s: self._instances[s] for s in part.series if s in self._instances}
+            return part
+        return self.series[which]
+
+    def __repr__(self) -> str:
+        where = "idc://" if self.storage_options is not None else "a mount"
+        return f"Cohort({len(self.series)} series on {where})"
+
+    def __getstate__(self) -> dict:
+        return {"series": self.series, "storage_options": self.storage_options, "_instances": self._instances}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _fs=None, _pid=None)
+
+    def shard(self, rank: int | None = None, world_size: int | None = None, *, even: bool = False) -> Cohort:
+        """Every world_size-th series from rank on (as DistributedSampler deals samples). rank and world_size
+        default to torch.distributed's when it is initialized, else to the RANK and WORLD_SIZE variables, else
+        to 0 and 1. even=True drops the last series that do not fill a round, so every rank gets as many."""
+        if rank is None or world_size is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            else:
+                found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            rank = found[0] if rank is None else rank
+            world_size = found[1] if world_size is None else world_size
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < world_size")
+        end = len(self.series) // world_size * world_size if even else len(self.series)
+        return self[rank:end:world_size]
+
+    # -- files
+
+    def instances(self, series: str) -> list[str]:
+        """The instance files of one series directory, sorted by name (one LIST, then remembered)."""
+        found = self._instances.get(series)
+        if found is None:
+            if self.storage_options is None:
+                found = sorted(e.path for e in os.scandir(series) if e.is_file())
+            else:
+                found = sorted(PROTOCOL + p for p in self.filesystem().find(series))
+            self._instances[series] = found
+        return found
+
+    def files(self, progress: bool | None = None) -> list[str]:
+        """The instance files of every series, series by series. Lists the series not yet listed, in
+        parallel; progress: a progress bar (default: on a terminal, for more than 100 series)."""
+        todo = [s for s in self.series if s not in self._instances]
+        if todo:
+            from tqdm.auto import tqdm
+
+            if progress is None:
+                progress = len(todo) > 100 and sys.stderr.isatty()
+            with ThreadPoolExecutor(LIST_THREADS) as pool:
+                listed = pool.map(self.instances, todo)
+                for _ in tqdm(listed, total=len(todo), unit="series", desc="listing", disable=not progress):
+                    pass
+        return [f for s in self.series for f in self._instances[s]]
+
+    def filesystem(self):
+        """This process's idc:// filesystem (made on first use in each process, so never shared over a fork)."""
+        if self.storage_options is None:
+            raise ValueError("this cohort's paths are a mount's: open them with open()")
+        if self._pid != os.getpid():
+            import fsspec
+
+            self._fs, self._pid = fsspec.filesystem("idc", **self.storage_options), os.getpid()
+        return self._fs
+
+    def open(self, path: str):
+        """A binary file object for one instance path of this cohort."""
+        if self.storage_options is None:
+            return open(path, "rb")
+        return self.filesystem().open(path, "rb")
+
+
+def pixels(ds) -> torch.Tensor:
+    """An instance's pixel data as float32, rescaled (Hounsfield units for CT): (rows, columns), or
+    (frames, rows, columns) for a multi-frame instance."""
+    image = ds.pixel_array.astype(np.float32)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    if slope != 1 or intercept != 0:
+        image = image * slope + intercept
+    return torch.from_numpy(image)
+
+
+def _cohort(source: Cohort | Sequence[str | os.PathLike], storage_options: Mapping | None) -> Cohort:
+    if isinstance(source, Cohort):
+        if storage_options is not None:
+            raise TypeError("a Cohort carries its own storage_options")
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        raise TypeError("give a Cohort or a list of paths, not one path")
+    return Cohort(source, storage_options)
+
+
+class IdcInstances(Dataset):
+    """One item per instance file: `transform(pydicom.Dataset)`, by default `pixels` (a float32 tensor).
+
+    source: a Cohort (its series' files, listed now), or a list of instance paths: under a mount or, with
+    storage_options (those of fsspec.filesystem("idc", ...)), idc:// paths as fs.find() gives them.
+    transform must pickle (a module-level function) for spawned workers.
+    """
+
+    def __init__(
+        self,
+        source: Cohort | Sequence[str | os.PathLike],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        transform: Callable[[Any], Any] = pixels,
+    ):
+        cohort = _cohort(source, storage_options)
+        self.cohort = cohort
+        self.files = cohort.files() if isinstance(source, Cohort) else [cohort._normal(p) for p in source]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import pydicom
+
+        with self.cohort.open(self.files[i]) as f:
+            ds = pydicom.dcmread(f)
+            return self.transform(ds)
+
+
+class IdcSeries(Dataset):
+    """One item per series: a dict with "image" (a float32 tensor, slices × rows × columns, rescaled),
+    "spacing" and "origin" (3 floats each, in z, y, x order as "image"), and "path".
+
+    reader: "sitk" reads the files of a mount with SimpleITK's series reader (GDCM's slice order);
+    "pydicom" reads the files with pydicom and orders slices along their normal (idc:// or a mount);
+    "auto" (default) takes SimpleITK for a mount's paths. transform, if given, maps the dict.
+    Use batch_size=None (or 1) in a DataLoader: volumes differ in size.
+    """
+
+    def __init__(
+        self,
+        source: Cohort | Sequence[str | os.PathLike],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        reader: str = "auto",
+        transform: Callable[[dict], Any] | None = None,
+    ):
+        if reader not in ("auto", "sitk", "pydicom"):
+            raise ValueError(f"reader {reader!r}: give auto, sitk or pydicom")
+        self.cohort = _cohort(source, storage_options)
+        if reader == "auto":
+            reader = "sitk" if self.cohort.storage_options is None else "pydicom"
+        if reader == "sitk" and self.cohort.storage_options is not None:
+            raise ValueError("reader 'sitk' reads files by path: give a mount's paths, or use reader='pydicom'")
+        self.reader = reader
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.cohort)
+
+    def __getitem__(self, i: int) -> Any:
+        path = self.cohort.series[i]
+        files = self.cohort.instances(path)
+        item = _read_sitk(files) if self.reader == "sitk" else _read_pydicom(self.cohort, files)
+        item["path"] = path
+        return self.transform(item) if self.transform is not None else item
+
+
+def _read_sitk(files: list[str]) -> dict:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    # GDCM orders the files along the slice normal (it reads each header once).
+    directory = os.path.dirname(files[0])
+    ordered = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory) or files
+    reader.SetFileNames(list(ordered))
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return {
+        "image": torch.from_numpy(array),
+        "spacing": torch.tensor(image.GetSpacing()[::-1], dtype=torch.float64),
+        "origin": torch.tensor(image.GetOrigin()[::-1], dtype=torch.float64),
+    }
+
+
+def _read_pydicom(cohort: Cohort, files: list[str]) -> dict:
+    import pydicom
+
+    slices = []
+    for path in files:
+        with cohort.open(path) as f:
+            slices.append(pydicom.dcmread(f))
+    if len(slices) == 1 and int(slices[0].get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"{files[0]}: a multi-frame instance; read it with IdcInstances")
+    position = [s.get("ImagePositionPatient") for s in slices]
+    orientation = slices[0].get("ImageOrientationPatient")
+    if orientation is not None and all(p is not None for p in position):
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        along = np.array([float(np.dot(normal, np.asarray(p, float))) for p in position])
+        order = np.argsort(along, kind="stable")
+        gaps = np.diff(along[order])
+        z = float(np.median(gaps)) if len(gaps) else float(slices[0].get("SliceThickness", 1) or 1)
+        origin = [float(v) for v in position[order[0]]][::-1]
+    else:  # no geometry: the instance number, as viewers do
+        order = np.argsort([int(s.get("InstanceNumber", 0) or 0) for s in slices], kind="stable")
+        z, origin = float(slices[0].get("SliceThickness", 1) or 1), [0.0, 0.0, 0.0]
+    rows, columns = (float(v) for v in slices[0].get("PixelSpacing", (1, 1)))
+    return {
+        "image": torch.stack([pixels(slices[j]) for j in order]),
+        "spacing": torch.tensor([z, rows, columns], dtype=torch.float64),
+        "origin": torch.tensor(origin, dtype=torch.float64),
+    }
