@@ -15,6 +15,7 @@ import random
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import fsspec
@@ -236,10 +237,36 @@ def test_dicom_libraries_on_idc_paths(mount, sandbox, tmp_path):
     assert fs.stats()["bytes_fetched"] - before < fs.info(slide)["size"] // 4
     with open(mnt / slide, "rb") as f:
         assert frame == highdicom.imread(f, lazy_frame_retrieval=True).get_raw_frame(image.number_of_frames)
-    # wsidicom opens the series directory by URL, as it opens any fsspec URL.
-    with WsiDicom.open(f"idc://{sm_dir}", file_options=opts) as remote, WsiDicom.open(mnt / sm_dir) as local:
-        assert remote.read_tile(0, (0, 0)).tobytes() == local.read_tile(0, (0, 0)).tobytes()
-        assert remote.read_region((0, 0), 0, (300, 200)).tobytes() == local.read_region((0, 0), 0, (300, 200)).tobytes()
+    # wsidicom opens the series directory by URL, as it opens any fsspec URL (through universal_pathlib, which
+    # must find idc:// implemented: no warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with WsiDicom.open(f"idc://{sm_dir}", file_options=opts) as remote, WsiDicom.open(mnt / sm_dir) as local:
+            assert remote.read_tile(0, (0, 0)).tobytes() == local.read_tile(0, (0, 0)).tobytes()
+            region = (0, 0), 0, (300, 200)
+            assert remote.read_region(*region).tobytes() == local.read_region(*region).tobytes()
+
+
+def test_upath_on_idc_paths(mount, sandbox, tmp_path):
+    from upath import UPath
+
+    from idcfs.upath import IdcPath
+
+    mnt = mount()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        root = UPath("idc://", **_options(sandbox, tmp_path / "fscache"))
+        assert isinstance(root, IdcPath)
+        assert sorted(p.name for p in root.iterdir()) == sorted(os.listdir(mnt))
+        row = by_modality(sandbox, "CT")
+        ct = root / str(series_dir(Path(""), row["crdc_series_uuid"], sandbox))
+        assert ct.is_dir() and ct.parent.parent.parent == root / row["collection_id"]
+        files = sorted(ct.glob("*.dcm"))
+        assert [p.name for p in files] == sorted(os.listdir(mnt / ct.path))
+        first = files[0]
+        assert first.is_file() and first.stat().st_size == (mnt / first.path).stat().st_size
+        assert first.read_bytes() == (mnt / first.path).read_bytes()
+        assert UPath(str(first), **_options(sandbox, tmp_path / "fscache")) == first
 
 
 # Differential checks in the manner of fsspec.tests.abstract: those suites build their scenario by writing into

@@ -259,7 +259,8 @@ def _check_wheel(wheel: Path) -> None:
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE is not in the wheel"
     assert not [n for n in names if n.startswith(("tests/", "bench/"))], "tests or bench are in the wheel"
     assert "License-Expression: MIT" in metadata, "no SPDX License-Expression in the metadata"
-    for name in (*SCRIPTS, "[fsspec.specs]", "idc = idcfs.fsspec:IdcFileSystem"):
+    upath = ("[universal_pathlib.implementations]", "idc = idcfs.upath:IdcPath")
+    for name in (*SCRIPTS, "[fsspec.specs]", "idc = idcfs.fsspec:IdcFileSystem", *upath):
         assert name in entry_points, f"{name} is not in entry_points.txt"
 
 
