@@ -108,6 +108,26 @@ def test_dcm2niix_converts_series(mount, sandbox, tmp_path):
     assert len(niis) == 1 and niis[0].stat().st_size > 70 * 256 * 256 * 2
 
 
+def test_openslide_reads_the_slide(mount, sandbox):
+    import openslide
+
+    from idcfs.store import GCS_MIRROR
+
+    mnt = mount()
+    row = by_modality(sandbox, "SM")
+    d = series_dir(mnt, row["crdc_series_uuid"], sandbox)
+    origin = Path(sandbox.data_dir) / "gcs" / GCS_MIRROR[row["aws_bucket"]] / row["crdc_series_uuid"]
+    name = sorted(p.name for p in d.iterdir())[0]  # OpenSlide finds the slide's other files in the directory
+    with openslide.OpenSlide(d / name) as remote, openslide.OpenSlide(origin / name) as local:
+        assert remote.level_dimensions == local.level_dimensions and remote.level_count >= 1
+        w, h = remote.dimensions
+        at, size = (w // 3, h // 3), (256, 256)
+        assert remote.read_region(at, 0, size).tobytes() == local.read_region(at, 0, size).tobytes()
+        assert remote.get_thumbnail((200, 200)).tobytes() == local.get_thumbnail((200, 200)).tobytes()
+    slide_bytes = sum(p.stat().st_size for p in d.iterdir())
+    assert mount_stats(mnt)["bytes_fetched"] < slide_bytes / 2  # a region and a thumbnail, not the slide
+
+
 def test_small_read_of_large_file_is_ranged(mount, sandbox):
     mnt = mount()
     d = series_dir(mnt, by_modality(sandbox, "SM")["crdc_series_uuid"], sandbox)
