@@ -132,12 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="GCS endpoint (env IDCFS_GCS_ENDPOINT; default https://storage.googleapis.com)",
     )
-    m.add_argument(
+    layout = m.add_mutually_exclusive_group()
+    layout.add_argument(
         "--template",
         default=None,
         metavar="T",
         help="directory template, as idc-index's dirTemplate "
-        "(default %%collection_id/%%PatientID/%%StudyInstanceUID/%%Modality_%%SeriesInstanceUID)",
+        "(default %%collection_id/%%PatientID/%%StudyInstanceUID/%%Modality_%%SeriesInstanceUID); also "
+        "%%StudyDate, %%StudyDescription, %%SeriesNumber, %%SeriesDescription, %%BodyPartExamined, %%instanceCount "
+        "and spaces",
+    )
+    layout.add_argument(
+        "--layout",
+        choices=("idc", "readable"),
+        default=None,
+        help="a named template instead of --template: idc (idc download's, the default) or readable "
+        "(%%collection_id/%%PatientID/%%StudyDate %%StudyDescription/%%SeriesNumber %%Modality %%SeriesDescription)",
     )
     _add_selection_flags(m, "mount")
     m.add_argument(
@@ -390,7 +400,7 @@ def cmd_mount(args, argv: list[str]) -> int:
 
 
 def _serve_mount(args, pipe) -> int:
-    from .namespace import DEFAULT_TEMPLATE, Namespace, SelectionError
+    from .namespace import Namespace, SelectionError, template_for
     from .store import ObjectStore, drop_credentials
 
     t0 = time.monotonic()
@@ -402,7 +412,8 @@ def _serve_mount(args, pipe) -> int:
     pipe.phase("loading the tree from the index")
     try:
         index = args.index or _default_index()
-        ns = Namespace(index, args.template or DEFAULT_TEMPLATE, _selection(args), cache_dir=args.cache_dir)
+        template = template_for(args.template, args.layout)
+        ns = Namespace(index, template, _selection(args), cache_dir=args.cache_dir)
     except SelectionError as e:
         pipe.usage(str(e))
         print(f"idcfs: error: {e}", file=sys.stderr)

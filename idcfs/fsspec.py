@@ -199,7 +199,8 @@ class IdcFileSystem(AbstractFileSystem):
     Options (all keyword, as the `idcfs mount` flags): source ("aws" or "gcs"), s3_endpoint,
     gcs_endpoint (default: the env vars IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT, then the public
     buckets), filter (SQL WHERE over the index), manifest, collections, licenses (license_short_name
-    values or "commercial"), idc_version (an earlier release), template, index (parquet), cache_dir,
+    values or "commercial"), idc_version (an earlier release), template or layout ("idc", "readable"),
+    index (parquet), cache_dir,
     cache_size ("10G"; "0" turns the block cache off), memory ("256M"), timeout (30 s).
     Bad options raise ValueError with the message `idcfs mount` would print.
     """
@@ -219,6 +220,7 @@ class IdcFileSystem(AbstractFileSystem):
         licenses: str | tuple[str, ...] | list[str] = (),
         idc_version: int | None = None,
         template: str | None = None,
+        layout: str | None = None,
         index: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
         cache_size: str = "10G",
@@ -228,6 +230,7 @@ class IdcFileSystem(AbstractFileSystem):
     ):
         super().__init__(**kwargs)
         from .cli import _check_cache_dir, _check_url, _default_cache_dir, _default_index, _size_arg
+        from .namespace import template_for
 
         if source not in ("aws", "gcs"):
             raise ValueError(f"bad source {source!r}: give 'aws' or 'gcs'")
@@ -248,7 +251,7 @@ class IdcFileSystem(AbstractFileSystem):
             tuple(collections),
             (licenses,) if isinstance(licenses, str) else tuple(licenses),
             None if idc_version is None else _release_option(idc_version),
-            template,
+            template_for(template, layout),
             str(Path(index or _default_index()).resolve()),
             str(_check_cache_dir(Path(cache_dir) if cache_dir is not None else _default_cache_dir())),
             _size_arg("cache_size", str(cache_size), 64, zero_turns_off="the block cache"),
@@ -259,7 +262,7 @@ class IdcFileSystem(AbstractFileSystem):
 
     def _build(self) -> Engine:
         from .cache import CacheDir
-        from .namespace import DEFAULT_TEMPLATE, Namespace, Selection
+        from .namespace import Namespace, Selection
         from .store import ObjectStore, drop_credentials
 
         (
@@ -290,7 +293,7 @@ class IdcFileSystem(AbstractFileSystem):
                 licenses=licenses,
                 idc_version=idc_version,
             )
-            ns = Namespace(Path(index), template or DEFAULT_TEMPLATE, selection, cache_dir=Path(cache_dir))
+            ns = Namespace(Path(index), template, selection, cache_dir=Path(cache_dir))
         store = ObjectStore(source, s3, gcs, timeout=timeout)
         cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)
         engine = Engine(ns, store, cache, memory=memory)

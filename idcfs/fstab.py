@@ -24,6 +24,7 @@ VALUE_OPTIONS = {
     "s3_endpoint": False,
     "gcs_endpoint": False,
     "template": False,
+    "layout": False,
     "filter": False,
     "manifest": False,
     "collection": True,

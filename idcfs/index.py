@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .namespace import DEFAULT_TEMPLATE, Namespace, Selection, _one_line
+from .namespace import Namespace, Selection, _one_line, template_for
 
 
 class Index:
@@ -37,6 +37,7 @@ class Index:
         licenses: Sequence[str] = (),
         idc_version: int | None = None,
         template: str | None = None,
+        layout: str | None = None,
         index: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
         _namespace: Namespace | None = None,
@@ -52,7 +53,8 @@ class Index:
                 idc_version=idc_version,
             )
             cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-            _namespace = Namespace(Path(index or _default_index()), template or DEFAULT_TEMPLATE, selection, cache)
+            template = template_for(template, layout)
+            _namespace = Namespace(Path(index or _default_index()), template, selection, cache)
         self.ns = _namespace
         # A connection of its own (a cursor): the engine's may be busy in another thread.
         self._con = _namespace._con.cursor()
@@ -100,8 +102,8 @@ class Index:
         paths = [r["path"] for r in rows]
         if not rows[0]["study"]:
             return paths[0]
-        level = next((d for d in range(self.ns.depth) if "StudyInstanceUID" in self.ns.attributes_at(d)), None)
-        if level is not None and level < self.ns.depth - 1:  # the template has a study level
+        level = self.ns.study_level()
+        if level is not None:  # the template has a study level
             return "/".join(paths[0].split("/")[: level + 1])
         common = os.path.commonpath(paths)
         if not common:

@@ -28,8 +28,43 @@ from .store import GCS_MIRROR
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
+# idc-index's dirTemplate attributes: a template of these alone gives `idc download`'s paths, value for value.
 TEMPLATE_ATTRIBUTES = ("PatientID", "collection_id", "Modality", "StudyInstanceUID", "SeriesInstanceUID")
-TEMPLATE_SEPARATORS = ("_", "-", "/")
+# Index columns people read, allowed in templates too. Their values are tidied for names (see _readable_sql).
+READABLE_ATTRIBUTES = (
+    "StudyDate",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "instanceCount",
+)
+ATTRIBUTES = TEMPLATE_ATTRIBUTES + READABLE_ATTRIBUTES
+TEMPLATE_SEPARATORS = ("_", "-", "/", " ")
+# --layout: named templates. "readable" names studies and series as a viewer's study list does.
+LAYOUTS = {
+    "idc": DEFAULT_TEMPLATE,
+    "readable": "%collection_id/%PatientID/%StudyDate %StudyDescription/%SeriesNumber %Modality %SeriesDescription",
+}
+DESCRIPTION_CHARS = 64  # readable values are cut here (the longest real description has 65 characters)
+PLACEHOLDERS = {  # shown for a missing or blank readable value
+    "StudyDate": "no date",
+    "StudyDescription": "no description",
+    "SeriesNumber": "no number",
+    "SeriesDescription": "no description",
+    "BodyPartExamined": "no body part",
+    "instanceCount": "no count",
+}
+_STUDY_ATTRIBUTES = {"StudyInstanceUID", "StudyDate", "StudyDescription"}
+_SERIES_ATTRIBUTES = {
+    "Modality",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "instanceCount",
+}
+LONG_NAME_BYTES = 180  # a longer readable name is cut to 45 characters: room for a suffix within NAME_MAX (255)
 
 
 # Columns exposed as user.idc.* extended attributes.
@@ -39,6 +74,12 @@ XATTR_COLUMNS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "Modality",
+    "StudyDate",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "instanceCount",
     "license_short_name",
     "source_DOI",
     "crdc_series_uuid",
@@ -109,29 +150,85 @@ def _sql_component(expr: str) -> str:
     return f"(CASE WHEN {e} = '' THEN '%' WHEN {e} IN ('.', '..') THEN replace({e}, '.', '%2E') ELSE {e} END)"
 
 
-def parse_template(template: str) -> list[str]:
-    """Split an idc-index dirTemplate into one SQL expression per directory level."""
+def template_for(template: str | None, layout: str | None) -> str:
+    """The template of a --template or a --layout (at most one of them), by default idc download's."""
+    if template is not None and layout is not None:
+        raise SelectionError("give --template or --layout, not both")
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise SelectionError(f"bad --layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+        return LAYOUTS[layout]
+    return template or DEFAULT_TEMPLATE
+
+
+def _readable_sql(col: str) -> str:
+    """A readable value as a name: whitespace runs made one space, cut at DESCRIPTION_CHARS, escaped as any
+    value; blank or missing, a placeholder."""
+    c = f'"{col}"'
+    tidy = f"left(regexp_replace(trim(CAST({c} AS VARCHAR)), '\\s+', ' ', 'g'), {DESCRIPTION_CHARS})"
+    blank = f"coalesce(trim(CAST({c} AS VARCHAR)), '') = ''"
+    return f"(CASE WHEN {blank} THEN '{PLACEHOLDERS[col]}' ELSE {_SQL_ESCAPE.format(col=tidy)} END)"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One directory level of a template: its name in SQL, and the UID that tells apart directories that
+    would share a name (None where names are unique, or where directories group on purpose)."""
+
+    sql: str
+    identity: str | None
+
+
+def parse_template(template: str) -> list[Level]:
+    """Split a template (idc-index's dirTemplate, plus READABLE_ATTRIBUTES and spaces) into directory levels."""
     rest = template
-    for attr in TEMPLATE_ATTRIBUTES:
+    for attr in sorted(ATTRIBUTES, key=len, reverse=True):
         rest = rest.replace("%" + attr, "")
     for sep in TEMPLATE_SEPARATORS:
         rest = rest.replace(sep, "")
-    if rest or not template:
+    if rest or not template.strip("/ "):
         raise SelectionError(
-            f"bad --template {template!r}: use only %{', %'.join(TEMPLATE_ATTRIBUTES)} and the separators - _ /"
+            f"bad --template {template!r}: use only %{', %'.join(ATTRIBUTES)} and the separators - _ / and space"
         )
+    parts = template.strip("/").split("/")
     levels = []
-    for part in template.strip("/").split("/"):
+    for depth, part in enumerate(parts):
         if not part:
             raise SelectionError(f"bad --template {template!r}: empty path level (two slashes in a row)")
-        pieces = []
-        for i, token in enumerate(re.split("%(" + "|".join(TEMPLATE_ATTRIBUTES) + ")", part)):
+        pieces, used = [], set()
+        for i, token in enumerate(re.split("%(" + "|".join(sorted(ATTRIBUTES, key=len, reverse=True)) + ")", part)):
             if i % 2:
-                pieces.append(_sql_value(token))
+                used.add(token)
+                pieces.append(_readable_sql(token) if token in READABLE_ATTRIBUTES else _sql_value(token))
             elif token:
                 pieces.append("'" + token.replace("'", "''") + "'")
-        levels.append(_sql_component(" || ".join(pieces)))
+        sql = _sql_component(" || ".join(pieces))
+        identity = None
+        if used & set(READABLE_ATTRIBUTES):  # names that may repeat: a study's or a series' UID tells them apart
+            sql = f"(CASE WHEN strlen({sql}) > {LONG_NAME_BYTES} THEN left({sql}, 45) ELSE {sql} END)"
+            if used & _SERIES_ATTRIBUTES and "SeriesInstanceUID" not in used and depth == len(parts) - 1:
+                identity = "SeriesInstanceUID"
+            elif used & _STUDY_ATTRIBUTES and not used & _SERIES_ATTRIBUTES and "StudyInstanceUID" not in used:
+                identity = "StudyInstanceUID"
+        levels.append(Level(sql, identity))
     return levels
+
+
+def _told_apart(level: int, identity: str) -> str:
+    """Level `level`'s name, with " [<end of the UID>]" where directories of different UIDs under one parent
+    would share it: the UID's last 6 characters, or 12, or all, whichever first tells them apart."""
+    parent = "".join(f"c{d}, " for d in range(level))
+    key = f'"{identity}"'
+
+    def clash(by: str) -> str:
+        window = f"PARTITION BY {parent}b{level}{by}"
+        return f"min({key}) OVER ({window}) <> max({key}) OVER ({window})"
+
+    suffix = (
+        f"CASE WHEN NOT ({clash(f', right({key}, 6)')}) THEN right({key}, 6) "
+        f"WHEN NOT ({clash(f', right({key}, 12)')}) THEN right({key}, 12) ELSE {key} END"
+    )
+    return f"(CASE WHEN {clash('')} THEN b{level} || ' [' || {suffix} || ']' ELSE b{level} END)"
 
 
 # ---------------------------------------------------------------------------
@@ -291,8 +388,8 @@ class Namespace:
         self.index_path = Path(index_path)
         self.prior_path = _sibling(self.index_path, PRIOR_VERSIONS_FILE)
         self.template = template
-        level_sql = parse_template(template)
-        self.depth = len(level_sql)
+        levels = parse_template(template)
+        self.depth = len(levels)
         selection = selection or Selection()
         self._metadata: dict[str, dict[str, str]] = {}
         self._summaries: dict[int, dict[str, str]] = {}
@@ -302,17 +399,32 @@ class Namespace:
         self.current_version = self._current_version()
         self.release = self._choose_release(selection.idc_version)
         self.earlier_versions = 0  # series versions a manifest named from releases before self.release
+        absent = [a for a in READABLE_ATTRIBUTES if "%" + a in template and a not in self.columns]
+        if absent:
+            raise SelectionError(f"--index {self.index_path} has no column {absent[0]}, which the template uses")
         where, params = self._where(selection)
         con = self._con
         # Few distinct values: sorted as enum codes (dictionary arrays in Arrow), not strings.
         per_series = ("aws_bucket", *SUMMARY_COLUMNS)
         coded = [c for c in per_series if c in self.columns]
         picked = ", ".join(f"{c}::{_ENUM}{c} AS {c}" if c in coded else f"NULL::VARCHAR AS {c}" for c in per_series)
-        cols = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(level_sql))
         order = ", ".join(f"c{i}" for i in range(self.depth))
-        query = f"""
+        if not any(level.identity for level in levels):
+            cols = ", ".join(f"{level.sql} AS c{i}" for i, level in enumerate(levels))
+            query = f"""
             SELECT {cols}, crdc_series_uuid, {picked}
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
+        else:  # names that may repeat are told apart level by level, each under its parent's final name
+            cols = ", ".join(f"{level.sql} AS b{i}" for i, level in enumerate(levels))
+            named = (
+                f"SELECT {cols}, crdc_series_uuid, {picked}, StudyInstanceUID, SeriesInstanceUID FROM idx WHERE {where}"
+            )
+            for d, level in enumerate(levels):
+                name = _told_apart(d, level.identity) if level.identity else f"b{d}"
+                named = f"SELECT *, {name} AS c{d} FROM ({named})"
+            query = f"""
+            SELECT {order}, crdc_series_uuid, {", ".join(per_series)}
+            FROM ({named}) ORDER BY {order}, crdc_series_uuid"""
         cached = self._tree_cache_path(cache_dir, query, params)
         tree = treecache.load(cached)
         if tree is None:
@@ -684,7 +796,19 @@ class Namespace:
     def attributes_at(self, level: int) -> list[str]:
         """The template attributes that name the directories down to `level` (constant below it)."""
         parts = self.template.strip("/").split("/")[: level + 1]
-        return [a for a in TEMPLATE_ATTRIBUTES if any("%" + a in p for p in parts)]
+        found = [a for a in ATTRIBUTES if any("%" + a in p for p in parts)]
+        if "StudyInstanceUID" not in found and _STUDY_ATTRIBUTES.intersection(found):
+            found.append("StudyInstanceUID")  # a directory named by study attributes holds one study (_told_apart)
+        return found
+
+    def study_level(self) -> int | None:
+        """The level whose directories are studies (the first named by a study attribute), if above the
+        series; None when the template has no such level."""
+        parts = self.template.strip("/").split("/")
+        for d, part in enumerate(parts[:-1]):
+            if any("%" + a in part for a in _STUDY_ATTRIBUTES):
+                return d
+        return None
 
     def all_series(self) -> list[Series]:
         return [self.series_at(r) for r in range(self.num_series)]

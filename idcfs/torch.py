@@ -31,7 +31,17 @@ __all__ = ["Cohort", "IdcInstances", "IdcSeries", "pixels"]
 PROTOCOL = "idc://"
 LIST_THREADS = 16  # a LIST takes ~0.1 s of waiting: list series directories in parallel
 # Options of idcfs.Index: a mount's selection is described by these alone.
-_SELECTION = ("filter", "manifest", "collections", "licenses", "idc_version", "template", "index", "cache_dir")
+_SELECTION = (
+    "filter",
+    "manifest",
+    "collections",
+    "licenses",
+    "idc_version",
+    "template",
+    "layout",
+    "index",
+    "cache_dir",
+)
 
 
 class Cohort:
@@ -62,7 +72,7 @@ class Cohort:
 
         Without mountpoint: idc:// paths, with options as fsspec.filesystem("idc", ...)'s. With mountpoint:
         paths under that mount; options are then the mount's selection (filter, manifest, collections,
-        licenses, idc_version, template, index, cache_dir), so that the paths are the mount's.
+        licenses, idc_version, template, layout, index, cache_dir), so that the paths are the mount's.
         """
         if mountpoint is None:
             import fsspec

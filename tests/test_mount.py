@@ -128,6 +128,57 @@ def test_openslide_reads_the_slide(mount, sandbox):
     assert mount_stats(mnt)["bytes_fetched"] < slide_bytes / 2  # a region and a thumbnail, not the slide
 
 
+def _readable(value, placeholder: str) -> str:
+    """A readable name's part, as the README states it: blanks made one space, cut at 64 characters, % and /
+    escaped; blank or missing, the placeholder."""
+    tidy = " ".join(str(value or "").split())[:64]
+    return tidy.replace("%", "%25").replace("/", "%2F") if tidy else placeholder
+
+
+def test_readable_layout(mount, sandbox, tmp_path):
+    import fsspec
+
+    from idcfs.index import Index
+    from idcfs.sandbox import sha256_file
+
+    mnt, default = mount("--layout", "readable"), mount()
+    ix = Index(manifest=sandbox.manifest, layout="readable", cache_dir=tmp_path / "ix")
+    rows = ix.sql("SELECT * FROM index").to_pylist()
+    assert len(rows) == len(sandbox.series)
+    for r in rows:
+        study = f"{_readable(r['StudyDate'], 'no date')} {_readable(r['StudyDescription'], 'no description')}"
+        series = f"{_readable(r['SeriesNumber'], 'no number')} {r['Modality']} "
+        series += _readable(r["SeriesDescription"], "no description")
+        assert r["path"] == f"{r['collection_id']}/{r['PatientID']}/{study}/{series}", r  # no twins in the cohort
+        d, same = mnt / r["path"], series_dir(default, r["crdc_series_uuid"], sandbox)
+        assert sorted(os.listdir(d)) == sorted(os.listdir(same))
+        first = sorted(d.iterdir())[0]
+        assert sha256_file(first) == sandbox.objects[f"{r['aws_bucket']}/{r['crdc_series_uuid']}/{first.name}"]
+        # The same xattrs on every layout; the study directory is found by the study's UID.
+        xattrs = {k: os.getxattr(d, k) for k in os.listxattr(d)}
+        assert xattrs == {k: os.getxattr(same, k) for k in os.listxattr(same)}
+        assert xattrs["user.idc.SeriesDescription"].decode() == (r["SeriesDescription"] or "")
+        assert ix.path(r["SeriesInstanceUID"]) == r["path"]
+        assert ix.path(r["StudyInstanceUID"]) == r["path"].rsplit("/", 1)[0]
+        assert ix.metadata(r["path"].rsplit("/", 1)[0])["StudyInstanceUID"] == r["StudyInstanceUID"]
+    assert sorted(r["path"] for r in rows) == sorted(
+        os.path.relpath(p, mnt) for p, dirs, files in os.walk(mnt) if files
+    )
+    info = idcfs("info", "--json", mnt / rows[0]["path"])
+    described = json.loads(info.stdout)
+    assert described["kind"] == "series directory"
+    assert described["metadata"]["SeriesInstanceUID"] == rows[0]["SeriesInstanceUID"]
+    fs = fsspec.filesystem(
+        "idc",
+        manifest=str(sandbox.manifest),
+        layout="readable",
+        s3_endpoint=sandbox.s3_endpoint,
+        gcs_endpoint=sandbox.gcs_endpoint,
+        cache_dir=str(tmp_path / "fs"),
+    )
+    assert sorted(fs.find("")) == sorted(os.path.relpath(p, mnt) for p in files_under(mnt))
+
+
 def test_small_read_of_large_file_is_ranged(mount, sandbox):
     mnt = mount()
     d = series_dir(mnt, by_modality(sandbox, "SM")["crdc_series_uuid"], sandbox)
@@ -322,7 +373,9 @@ def _mount_error(tmp_path, sandbox, *args, mnt=None):
         (["--filter", "1=1; DROP TABLE idx"], "--filter"),
         (["--filter", "Modality='XX'"], "selection is empty"),
         (["--collection", "no_such_collection"], "unknown --collection"),
-        (["--template", "%collection_id/%StudyDate"], "bad --template"),
+        (["--template", "%collection_id/%Manufacturer"], "bad --template"),
+        (["--layout", "readable", "--template", "%collection_id"], "not allowed with argument"),
+        (["--layout", "pretty"], "invalid choice"),
         (["--source", "azure"], "invalid choice"),
         (["--s3-endpoint", "not a url"], "bad --s3-endpoint"),
         (["--no-such-flag"], "unrecognized arguments"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from idcfs.namespace import (
     DEFAULT_TEMPLATE,
+    LAYOUTS,
     Namespace,
     Selection,
     SelectionError,
@@ -16,10 +18,11 @@ from idcfs.namespace import (
     escape_value,
     parse_manifest,
     parse_template,
+    template_for,
     unescape,
 )
 
-from .conftest import idcfs
+from .conftest import INDEX, idcfs
 
 
 def walk(ns: Namespace, dir_id=0, prefix=()):
@@ -40,9 +43,86 @@ def test_escape_round_trip():
 def test_template_grammar():
     assert len(parse_template(DEFAULT_TEMPLATE)) == 4
     assert len(parse_template("%collection_id-%Modality/%PatientID_%SeriesInstanceUID")) == 2
-    for bad in ["%StudyDate", "%collection_id/%PatientID.%Modality", "", "%collection_id//%PatientID", "foo"]:
+    readable = parse_template(LAYOUTS["readable"])
+    assert [level.identity for level in readable] == [None, None, "StudyInstanceUID", "SeriesInstanceUID"]
+    # Templates of idc-index's attributes alone group as idc download does: nothing is told apart.
+    assert not any(level.identity for level in parse_template("%collection_id/%Modality"))
+    assert [lv.identity for lv in parse_template("%BodyPartExamined/%SeriesNumber %SeriesInstanceUID")] == [None] * 2
+    for bad in ["%Manufacturer", "%collection_id/%PatientID.%Modality", "", " ", "%collection_id//%PatientID", "foo"]:
         with pytest.raises(SelectionError):
             parse_template(bad)
+    assert template_for(None, None) == DEFAULT_TEMPLATE == template_for(None, "idc")
+    with pytest.raises(SelectionError, match="--template or --layout, not both"):
+        template_for("%collection_id", "readable")
+    with pytest.raises(SelectionError, match="bad --layout 'nice': use one of idc, readable"):
+        template_for(None, "nice")
+
+
+def _suffix(name: str) -> str | None:
+    return name.rsplit(" [", 1)[1].rstrip("]") if name.endswith("]") else None
+
+
+def test_readable_names_of_real_rows_that_collide(tmp_path):
+    """Real index rows whose readable names collide: three studies of one patient on one day with one
+    description, four series of one study with one number and description, and two slides whose UIDs end
+    alike for 6 characters. Each gets a name of its own, the same in every build."""
+    study = "'2.25.266225223327222238975926995912371654245'"  # two SM series: UIDs ...1768649.4.0, ...0642149.4.0
+    where = (
+        "PatientID = 'UPENN-GBM-00001' OR StudyInstanceUID IN (" + study + ", "
+        "'1.3.6.1.4.1.14519.5.2.1.1620.1225.166602911533426980637905958667')"
+    )
+    ns = Namespace(INDEX, LAYOUTS["readable"], Selection(filter=where), cache_dir=tmp_path)
+    paths = ns.series_paths().to_pylist()
+    assert len({p["path"] for p in paths}) == len(paths) == ns.num_series > 10
+    studies = sorted({p["path"].rsplit("/", 1)[0] for p in paths if p["path"].startswith("upenn_gbm/")})
+    same_day = [s for s in studies if s.split("/")[2].startswith("2002-02-06 BRAIN^ROUTINE [")]
+    assert len(same_day) >= 2 and all(len(_suffix(s)) == 6 for s in same_day)
+    mg = [p["path"].rsplit("/", 1)[1] for p in paths if "/1 MG V-Preview" in p["path"]]
+    assert len(mg) == 4 and len({_suffix(n) for n in mg}) == 4, mg
+    slides = [p["path"].rsplit("/", 1)[1] for p in paths if p["path"].endswith(("49.4.0]",))]
+    assert sorted(_suffix(n) for n in slides) == ["51768649.4.0", "60642149.4.0"], slides  # 12 characters
+    for level in (2, 3):  # a name is suffixed exactly when another under its parent would read the same
+        by_parent = collections.defaultdict(set)
+        for p in paths:
+            parts = p["path"].split("/")
+            by_parent["/".join(parts[:level])].add(parts[level])
+        for names in by_parent.values():
+            bases = collections.Counter(n.rsplit(" [", 1)[0] if _suffix(n) else n for n in names)
+            for n in names:
+                assert (_suffix(n) is not None) == (bases[n.rsplit(" [", 1)[0] if _suffix(n) else n] > 1), n
+    again = Namespace(INDEX, LAYOUTS["readable"], Selection(filter=where), cache_dir=None)
+    assert again.series_paths().to_pylist() == paths
+
+
+def test_readable_values_are_tidied_cut_and_escaped(small_index, tmp_path):
+    import duckdb
+
+    crafted = tmp_path / "crafted.parquet"
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE TABLE t AS SELECT * FROM read_parquet('{small_index}') WHERE collection_id = 'rider_phantom_mri'"
+    )
+    series = [
+        ("x" * 80, "9.9.1"),  # a long description, cut
+        ("", "1.2.3.99999999999999"),  # blank: the placeholder; two UIDs alike in their last 12 characters
+        (None, "1.2.4.99999999999999"),
+    ]
+    for i, (description, uid) in enumerate(series):
+        con.execute(
+            "INSERT INTO t SELECT * REPLACE (?::VARCHAR AS SeriesDescription, ? AS SeriesInstanceUID, "
+            "? AS crdc_series_uuid, 'P' AS PatientID, '2.9' AS StudyInstanceUID, NULL AS StudyDate, "
+            "'7' AS SeriesNumber, '  CHEST   W/O\tCONTRAST ' AS StudyDescription) "
+            "FROM t WHERE collection_id = 'rider_phantom_mri' LIMIT 1",
+            [description, uid, f"00000000-0000-0000-0000-00000000001{i}"],
+        )
+    con.execute(f"COPY (SELECT * FROM t WHERE PatientID = 'P') TO '{crafted}' (FORMAT parquet)")
+    ns = Namespace(crafted, LAYOUTS["readable"])
+    got = sorted(p["path"] for p in ns.series_paths().to_pylist())
+    modality = got[0].split("/")[3].split(" ")[1]
+    study = "no date CHEST W%2FO CONTRAST"
+    assert got[2] == f"rider_phantom_mri/P/{study}/7 {modality} " + "x" * 64
+    placeholder = f"rider_phantom_mri/P/{study}/7 {modality} no description"
+    assert got[:2] == [placeholder + " [1.2.3.99999999999999]", placeholder + " [1.2.4.99999999999999]"]
 
 
 def test_hostile_names_never_escape_the_tree(small_index):
