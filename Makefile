@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test test-torch wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
+.PHONY: demo demo-stop test test-torch test-desktop wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -68,6 +68,16 @@ TORCH_PINS := torch==2.13.0 monai==1.6.1 itk-core==5.4.7 itk-io==5.4.7
 test-torch: $(VENV)/.installed
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_torch.py
+
+# A person browsing: pcmanfm under Xvfb on readable mounts, screenshots checked (make test skips it without them).
+test-desktop: $(VENV)/.installed
+	@if ! command -v pcmanfm >/dev/null || ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
+		|| ! command -v import >/dev/null; then \
+		echo "installing pcmanfm, xvfb, xdotool, imagemagick"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			pcmanfm xvfb xdotool imagemagick >/dev/null; \
+	fi
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_desktop.py
 
 # The mount tests on the build of `make passthrough`, where the kernel reads cached instances itself.
 test-passthrough: $(VENV)/.installed
