@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test test-torch test-desktop wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
+.PHONY: demo demo-stop test test-torch test-desktop test-ray wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -68,6 +68,12 @@ TORCH_PINS := torch==2.13.0 monai==1.6.1 itk-core==5.4.7 itk-io==5.4.7
 test-torch: $(VENV)/.installed
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_torch.py
+
+# Ray Data over idc:// and a mount on a local 2-CPU Ray cluster (make test skips it without Ray). Pinned.
+RAY_PINS := ray[data]==2.60.0
+test-ray: $(VENV)/.installed
+	$(PY) -m pip install -q '$(RAY_PINS)'
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_ray.py
 
 # A person browsing: pcmanfm under Xvfb on readable mounts, screenshots checked (make test skips it without them).
 test-desktop: $(VENV)/.installed

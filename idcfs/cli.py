@@ -298,7 +298,8 @@ def _check_cache_dir(path: Path) -> Path:
     path = Path(os.path.abspath(os.path.expanduser(path)))
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
+        # A probe of its own: threads of one process may check the same directory at once.
+        probe = path / f".write-test-{os.getpid()}-{threading.get_ident()}"
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as e:

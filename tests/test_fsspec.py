@@ -354,6 +354,21 @@ def test_read_only_errors_and_bad_options(sandbox, tmp_path):
             fsspec.filesystem("idc", **{**_options(sandbox, tmp_path / "cache"), **kw})
 
 
+def test_filesystems_made_from_many_threads_at_once(sandbox, tmp_path):
+    """Threads of one process making the same filesystem at once (a thread pool's first tasks) each check the
+    new cache directory: none may see another's probe file vanish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from idcfs.cli import _check_cache_dir
+
+    for attempt in range(20):
+        with ThreadPoolExecutor(16) as pool:
+            assert len(set(pool.map(_check_cache_dir, [tmp_path / f"c{attempt}"] * 64))) == 1
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: _fs(sandbox, tmp_path / "shared"), range(8)))
+    assert all(fs.ls("", detail=False) == made[0].ls("", detail=False) for fs in made)
+
+
 def test_unreachable_origin_is_eio_within_the_timeout(sandbox, tmp_path):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))

@@ -1,0 +1,88 @@
+"""Ray Data over idc:// and over a mount: a local Ray cluster of 2 CPUs, its worker processes reading the
+sandbox through their own engines and one shared cache directory, every byte checked against the origin.
+
+Needs ray[data] (`make test-ray` installs it); skipped without.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from idcfs.cohort import Cohort  # noqa: E402
+from idcfs.faultproxy import FaultProxy  # noqa: E402
+from idcfs.ray import arrow_filesystem, read_binary_files  # noqa: E402
+
+from .conftest import origin_files  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def headers(batch: dict) -> dict:
+    """A DICOM decoding step as users write it: the header of each file, with what the test checks."""
+    import pydicom
+
+    out = {"path": [], "sha256": [], "pid": [], "sop": [], "modality": []}
+    for path, data in zip(batch["path"], batch["bytes"], strict=True):
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        out["path"].append(path)
+        out["sha256"].append(hashlib.sha256(data).hexdigest())
+        out["pid"].append(os.getpid())
+        out["sop"].append(str(ds.SOPInstanceUID))
+        out["modality"].append(str(ds.Modality))
+    return out
+
+
+def _key(path: str) -> str:
+    return os.getxattr(path, "user.idc.crdc_series_uuid").decode() + "/" + os.path.basename(path)
+
+
+def test_ray_reads_idc_paths_in_worker_processes_fetching_each_file_once(cluster, sandbox, tmp_path):
+    with FaultProxy(sandbox.s3_endpoint) as s3:
+        options = {
+            "manifest": str(sandbox.manifest),
+            "s3_endpoint": s3.url,
+            "gcs_endpoint": sandbox.gcs_endpoint,
+            "cache_dir": str(tmp_path / "node-cache"),  # one node: its workers share it
+        }
+        cohort = Cohort.select("Modality != 'SM'", **options)
+        files = cohort.files(progress=False)
+        fs = cohort.filesystem()
+        keys = {f: f"{fs.info(f)['crdc_series_uuid']}/{f.rsplit('/', 1)[1]}" for f in files}
+        # The filesystem pickles as its options: a worker builds its own engine.
+        assert pickle.loads(pickle.dumps(arrow_filesystem(**options))).type_name == "py::fsspec+idc"
+        s3.reset_counters()
+        rows = (
+            read_binary_files(cohort, override_num_blocks=8)
+            .map_batches(headers, batch_size=16, concurrency=2)
+            .take_all()
+        )
+        gets = s3.counters.gets
+    print(
+        f"{len(files)} files, {gets} GETs ({gets / len(files):.3f} per file), {len({r['pid'] for r in rows})} workers"
+    )
+    origin = origin_files(sandbox)
+    assert sorted(r["path"] for r in rows) == sorted(f.removeprefix("idc://") for f in files)
+    assert all(r["sha256"] == origin[keys["idc://" + r["path"]]] for r in rows)
+    assert len({r["pid"] for r in rows}) >= 2 and os.getpid() not in {r["pid"] for r in rows}
+    assert len(files) > 200 and gets <= 1.15 * len(files), (gets, len(files))
+
+
+def test_ray_reads_a_mount_s_paths(cluster, mount, sandbox):
+    mnt = mount()
+    cohort = Cohort.select("Modality != 'SM'", mountpoint=mnt, manifest=sandbox.manifest)
+    rows = read_binary_files(cohort).map_batches(headers, batch_size=32, concurrency=2).take_all()
+    origin = origin_files(sandbox)
+    assert len(rows) == len(cohort.files()) and {r["modality"] for r in rows} >= {"CT", "MR", "SEG"}
+    assert all(r["sha256"] == origin[_key(r["path"])] for r in rows)
