@@ -72,7 +72,11 @@ class Cohort:
         from .index import Index
 
         root = os.path.expanduser(os.fspath(mountpoint))
-        return cls([os.path.join(root, p) for p in Index(**options).paths(where, params)])
+        # A template that groups series in one directory names it once per series: keep each directory once.
+        series = [os.path.join(root, p) for p in dict.fromkeys(Index(**options).paths(where, params))]
+        if series and not os.path.isdir(series[0]):
+            raise ValueError(f"{series[0]} is not a directory: give the mount's own selection and template or layout")
+        return cls(series)
 
     def _normal(self, path: str | os.PathLike) -> str:
         path = os.fspath(path).rstrip("/")
@@ -102,9 +106,11 @@ class Cohort:
         self.__dict__.update(state, _fs=None, _pid=None)
 
     def shard(self, rank: int | None = None, world_size: int | None = None, *, even: bool = False) -> Cohort:
-        """Every world_size-th series from rank on (as DistributedSampler deals samples). rank and world_size
-        default to torch.distributed's when it is initialized, else to the RANK and WORLD_SIZE variables, else
-        to 0 and 1. even=True drops the last series that do not fill a round, so every rank gets as many."""
+        """Every world_size-th series from rank on (dealt as DistributedSampler deals samples, without its
+        padding). rank and world_size default to torch.distributed's when it is initialized, else to the RANK
+        and WORLD_SIZE variables, else to 0 and 1. even=True drops the last series that do not fill a round, so
+        every rank gets as many series; their instance counts still differ, so a DDP loop over IdcInstances
+        should stop all ranks at the shortest (or use torch's Join) rather than assume equal lengths."""
         if rank is None or world_size is None:
             found = _distributed() or (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
             rank = found[0] if rank is None else rank

@@ -193,6 +193,10 @@ def _release_option(value) -> int:
         raise ValueError(f"idc_version: {e}") from None
 
 
+# Options fsspec's own machinery passes to every filesystem.
+FSSPEC_OPTIONS = {"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"}
+
+
 class IdcFileSystem(AbstractFileSystem):
     """IDC as an fsspec filesystem: collection/patient/study/series/instance, read-only.
 
@@ -228,6 +232,15 @@ class IdcFileSystem(AbstractFileSystem):
         timeout: float = 30.0,
         **kwargs,
     ):
+        unknown = sorted(set(kwargs) - FSSPEC_OPTIONS)
+        if unknown:  # a misspelt option would otherwise select the whole index without a word
+            import difflib
+            import inspect
+
+            known = [p for p in inspect.signature(IdcFileSystem.__init__).parameters if p not in ("self", "kwargs")]
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"give one of {', '.join(known)}"
+            raise ValueError(f"unknown option {unknown[0]!r}: {hint}")
         super().__init__(**kwargs)
         from .cli import _check_cache_dir, _check_url, _default_cache_dir, _default_index, _size_arg
         from .namespace import template_for

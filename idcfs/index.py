@@ -61,7 +61,7 @@ class Index:
         self._con.register("tree", _namespace.series_paths())
         self._con.execute(
             'CREATE TEMP VIEW "index" AS SELECT idx.*, tree.path '
-            "FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY path"
+            "FROM idx JOIN tree USING (crdc_series_uuid) ORDER BY tree.tree_row"
         )
 
     @property

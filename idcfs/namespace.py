@@ -156,13 +156,25 @@ def template_for(template: str | None, layout: str | None) -> str:
     return template or DEFAULT_TEMPLATE
 
 
+_TIDY = "idcfs_tidy_"  # prefix of the columns holding tidied readable values, computed once per row
+# Beyond escape_value: fsspec takes names holding these for glob patterns (glob.has_magic).
+_GLOB_ESCAPE = "replace(replace(replace(replace({v}, '*', '%2A'), '?', '%3F'), '[', '%5B'), ']', '%5D')"
+PIECE_BYTES = 96  # a longer readable value (multi-byte text) is cut to 24 characters, so a level fits NAME_MAX
+
+
+def _tidy_sql(col: str) -> str:
+    """A readable value tidied: whitespace runs made one space, trimmed, cut at DESCRIPTION_CHARS ('' if none)."""
+    spaced = f"""regexp_replace(coalesce(CAST("{col}" AS VARCHAR), ''), '\\s+', ' ', 'g')"""
+    return f"rtrim(left(trim({spaced}), {DESCRIPTION_CHARS}))"
+
+
 def _readable_sql(col: str) -> str:
-    """A readable value as a name: whitespace runs made one space, cut at DESCRIPTION_CHARS, escaped as any
-    value; blank or missing, a placeholder."""
-    c = f'"{col}"'
-    tidy = f"left(regexp_replace(trim(CAST({c} AS VARCHAR)), '\\s+', ' ', 'g'), {DESCRIPTION_CHARS})"
-    blank = f"coalesce(trim(CAST({c} AS VARCHAR)), '') = ''"
-    return f"(CASE WHEN {blank} THEN '{PLACEHOLDERS[col]}' ELSE {_SQL_ESCAPE.format(col=tidy)} END)"
+    """A readable value as a name, from its tidied column: escaped as any value and for globs; blank, a
+    placeholder."""
+    t = f'"{_TIDY}{col}"'
+    short = f"(CASE WHEN strlen({t}) > {PIECE_BYTES} THEN rtrim(left({t}, 24)) ELSE {t} END)"
+    escaped = _GLOB_ESCAPE.format(v=_SQL_ESCAPE.format(col=short))
+    return f"(CASE WHEN {t} = '' THEN '{PLACEHOLDERS[col]}' ELSE {escaped} END)"
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,14 @@ class Level:
 
     sql: str
     identity: str | None
+    attributes: frozenset[str] = frozenset()
+
+    @property
+    def is_study(self) -> bool:
+        """Each directory at this level is one study."""
+        return self.identity == "StudyInstanceUID" or (
+            "StudyInstanceUID" in self.attributes and not self.attributes & _SERIES_ATTRIBUTES
+        )
 
 
 def parse_template(template: str) -> list[Level]:
@@ -200,20 +220,21 @@ def parse_template(template: str) -> list[Level]:
         sql = _sql_component(" || ".join(pieces))
         identity = None
         if used & set(READABLE_ATTRIBUTES):  # names that may repeat: a study's or a series' UID tells them apart
-            sql = f"(CASE WHEN strlen({sql}) > {LONG_NAME_BYTES} THEN left({sql}, 45) ELSE {sql} END)"
             if used & _SERIES_ATTRIBUTES and "SeriesInstanceUID" not in used and depth == len(parts) - 1:
                 identity = "SeriesInstanceUID"
             elif used & _STUDY_ATTRIBUTES and not used & _SERIES_ATTRIBUTES and "StudyInstanceUID" not in used:
                 identity = "StudyInstanceUID"
-        levels.append(Level(sql, identity))
+        if identity is not None:  # a cut name that repeats gets its suffix like any other
+            sql = f"(CASE WHEN strlen({sql}) > {LONG_NAME_BYTES} THEN left({sql}, 45) ELSE {sql} END)"
+        levels.append(Level(sql, identity, frozenset(used)))
     return levels
 
 
 def _told_apart(level: int, identity: str) -> str:
-    """Level `level`'s name, with " [<end of the UID>]" where directories of different UIDs under one parent
+    """Level `level`'s name, with " (<end of the UID>)" where directories of different UIDs under one parent
     would share it: the UID's last 6 characters, or 12, or all, whichever first tells them apart."""
     parent = "".join(f"c{d}, " for d in range(level))
-    key = f'"{identity}"'
+    key = _sql_value(identity)  # escaped as any value: a crafted UID cannot split the name
 
     def clash(by: str) -> str:
         window = f"PARTITION BY {parent}b{level}{by}"
@@ -223,7 +244,7 @@ def _told_apart(level: int, identity: str) -> str:
         f"CASE WHEN NOT ({clash(f', right({key}, 6)')}) THEN right({key}, 6) "
         f"WHEN NOT ({clash(f', right({key}, 12)')}) THEN right({key}, 12) ELSE {key} END"
     )
-    return f"(CASE WHEN {clash('')} THEN b{level} || ' [' || {suffix} || ']' ELSE b{level} END)"
+    return f"(CASE WHEN {clash('')} THEN b{level} || ' (' || {suffix} || ')' ELSE b{level} END)"
 
 
 # ---------------------------------------------------------------------------
@@ -383,7 +404,7 @@ class Namespace:
         self.index_path = Path(index_path)
         self.prior_path = _sibling(self.index_path, PRIOR_VERSIONS_FILE)
         self.template = template
-        levels = parse_template(template)
+        self.levels = levels = parse_template(template)
         self.depth = len(levels)
         selection = selection or Selection()
         self._metadata: dict[str, dict[str, str]] = {}
@@ -404,16 +425,17 @@ class Namespace:
         coded = [c for c in per_series if c in self.columns]
         picked = ", ".join(f"{c}::{_ENUM}{c} AS {c}" if c in coded else f"NULL::VARCHAR AS {c}" for c in per_series)
         order = ", ".join(f"c{i}" for i in range(self.depth))
-        if not any(level.identity for level in levels):
+        readable = [a for a in READABLE_ATTRIBUTES if any(a in level.attributes for level in levels)]
+        if not readable:  # idc-index's attributes alone: idc download's names
             cols = ", ".join(f"{level.sql} AS c{i}" for i, level in enumerate(levels))
             query = f"""
             SELECT {cols}, crdc_series_uuid, {picked}
             FROM idx WHERE {where} ORDER BY {order}, crdc_series_uuid"""
-        else:  # names that may repeat are told apart level by level, each under its parent's final name
+        else:  # readable values tidied once per row; names that may repeat told apart level by level
+            tidied = ", ".join(f'{_tidy_sql(a)} AS "{_TIDY}{a}"' for a in readable)
+            tidy_rows = f"SELECT *, {tidied} FROM idx WHERE {where}"
             cols = ", ".join(f"{level.sql} AS b{i}" for i, level in enumerate(levels))
-            named = (
-                f"SELECT {cols}, crdc_series_uuid, {picked}, StudyInstanceUID, SeriesInstanceUID FROM idx WHERE {where}"
-            )
+            named = f"SELECT {cols}, crdc_series_uuid, {picked}, StudyInstanceUID, SeriesInstanceUID FROM ({tidy_rows})"
             for d, level in enumerate(levels):
                 name = _told_apart(d, level.identity) if level.identity else f"b{d}"
                 named = f"SELECT *, {name} AS c{d} FROM ({named})"
@@ -780,30 +802,28 @@ class Namespace:
         return range(self.num_series) if level == -1 else self._group_rows(level, group)
 
     def series_paths(self) -> pa.Table:
-        """Each series' directory path, in tree order (columns crdc_series_uuid, path)."""
+        """Each series' directory path, in tree order (columns crdc_series_uuid, path, tree_row). Tree order is
+        not the paths' string order where names hold characters below '/', such as spaces."""
         rows = np.arange(self.num_series, dtype=np.int32)
         parts = [
             self.names[d].take(_int32s(np.searchsorted(self.starts[d], rows, side="right") - 1))
             for d in range(self.depth)
         ]
-        return pa.table({"crdc_series_uuid": self._uuid, "path": pc.binary_join_element_wise(*parts, "/")})
+        paths = pc.binary_join_element_wise(*parts, "/")
+        return pa.table({"crdc_series_uuid": self._uuid, "path": paths, "tree_row": _int32s(rows)})
 
     def attributes_at(self, level: int) -> list[str]:
         """The template attributes that name the directories down to `level` (constant below it)."""
         parts = self.template.strip("/").split("/")[: level + 1]
         found = [a for a in ATTRIBUTES if any("%" + a in p for p in parts)]
-        if "StudyInstanceUID" not in found and _STUDY_ATTRIBUTES.intersection(found):
-            found.append("StudyInstanceUID")  # a directory named by study attributes holds one study (_told_apart)
+        if "StudyInstanceUID" not in found and any(lv.is_study for lv in self.levels[: level + 1]):
+            found.append("StudyInstanceUID")  # its directories are told apart by study (_told_apart)
         return found
 
     def study_level(self) -> int | None:
         """The level whose directories are studies (the first named by a study attribute), if above the
         series; None when the template has no such level."""
-        parts = self.template.strip("/").split("/")
-        for d, part in enumerate(parts[:-1]):
-            if any("%" + a in part for a in _STUDY_ATTRIBUTES):
-                return d
-        return None
+        return next((d for d, level in enumerate(self.levels[:-1]) if level.is_study), None)
 
     def all_series(self) -> list[Series]:
         return [self.series_at(r) for r in range(self.num_series)]

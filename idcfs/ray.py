@@ -5,7 +5,7 @@
     from idcfs.ray import read_binary_files
 
     cohort = Cohort.select("Modality = 'CT'", manifest="cohort.s5cmd", cache_dir="/local/idc-cache")
-    ds = read_binary_files(cohort)               # rows: {"bytes", "path"}; path as Cohort gives it
+    ds = read_binary_files(cohort)               # rows: {"bytes", "path"}; idc:// paths without "idc://"
     headers = ds.map_batches(my_decoder)         # runs in Ray's worker processes, on any node
 
 idc:// reaches Ray as pyarrow.fs.PyFileSystem(FSSpecHandler(fs)), the bridge Ray Data reads any fsspec

@@ -30,13 +30,12 @@ __all__ = ["Cohort", "IdcInstances", "IdcSeries", "pixels"]
 
 
 def pixels(ds) -> torch.Tensor:
-    """An instance's pixel data as float32, rescaled (Hounsfield units for CT): (rows, columns), or
-    (frames, rows, columns) for a multi-frame instance."""
-    image = ds.pixel_array.astype(np.float32)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        image = image * slope + intercept
-    return torch.from_numpy(image)
+    """An instance's pixel data as float32 after its modality LUT or rescale (Hounsfield units for CT), as
+    pydicom applies them: (rows, columns), or (frames, rows, columns) for a multi-frame instance. The per-frame
+    rescale of enhanced multi-frame objects is not applied (pydicom reads the top-level attributes only)."""
+    from pydicom.pixels import apply_modality_lut
+
+    return torch.from_numpy(np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32))
 
 
 def _cohort(source: Cohort | Sequence[str | os.PathLike], storage_options: Mapping | None) -> Cohort:
@@ -65,8 +64,8 @@ class IdcInstances(Dataset):
         transform: Callable[[Any], Any] = pixels,
     ):
         cohort = _cohort(source, storage_options)
-        self.cohort = cohort
         self.files = cohort.files() if isinstance(source, Cohort) else [cohort._normal(p) for p in source]
+        self.cohort = Cohort([], cohort.storage_options)  # opens the files; their list is self.files alone
         self.transform = transform
 
     def __len__(self) -> int:

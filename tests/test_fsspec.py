@@ -349,6 +349,9 @@ def test_read_only_errors_and_bad_options(sandbox, tmp_path):
         ({"source": "azure"}, "give 'aws' or 'gcs'"),
         ({"timeout": 0}, "out of range"),
         ({"cache_dir": "/proc/idcfs"}, "is not usable"),
+        ({"collection": "nlst"}, "unknown option 'collection': did you mean 'collections'?"),
+        ({"layout": "pretty"}, "bad --layout 'pretty'"),
+        ({"layout": "readable", "template": "%collection_id"}, "--template or --layout, not both"),
     ):
         with pytest.raises(ValueError, match=expect):
             fsspec.filesystem("idc", **{**_options(sandbox, tmp_path / "cache"), **kw})

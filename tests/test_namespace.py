@@ -58,14 +58,21 @@ def test_template_grammar():
         template_for(None, "nice")
 
 
-def _suffix(name: str) -> str | None:
-    return name.rsplit(" [", 1)[1].rstrip("]") if name.endswith("]") else None
+def _told_apart(name: str, uid: str) -> str | None:
+    """The " (<end of uid>)" a readable name carries, if any."""
+    if name.endswith(")") and " (" in name:
+        tail = name.rsplit(" (", 1)[1][:-1]
+        if len(tail) in (6, 12, len(uid)) and uid.endswith(tail):
+            return tail
+    return None
 
 
 def test_readable_names_of_real_rows_that_collide(tmp_path):
     """Real index rows whose readable names collide: three studies of one patient on one day with one
     description, four series of one study with one number and description, and two slides whose UIDs end
     alike for 6 characters. Each gets a name of its own, the same in every build."""
+    import duckdb
+
     study = "'2.25.266225223327222238975926995912371654245'"  # two SM series: UIDs ...1768649.4.0, ...0642149.4.0
     where = (
         "PatientID = 'UPENN-GBM-00001' OR StudyInstanceUID IN (" + study + ", "
@@ -74,22 +81,30 @@ def test_readable_names_of_real_rows_that_collide(tmp_path):
     ns = Namespace(INDEX, LAYOUTS["readable"], Selection(filter=where), cache_dir=tmp_path)
     paths = ns.series_paths().to_pylist()
     assert len({p["path"] for p in paths}) == len(paths) == ns.num_series > 10
-    studies = sorted({p["path"].rsplit("/", 1)[0] for p in paths if p["path"].startswith("upenn_gbm/")})
-    same_day = [s for s in studies if s.split("/")[2].startswith("2002-02-06 BRAIN^ROUTINE [")]
-    assert len(same_day) >= 2 and all(len(_suffix(s)) == 6 for s in same_day)
-    mg = [p["path"].rsplit("/", 1)[1] for p in paths if "/1 MG V-Preview" in p["path"]]
-    assert len(mg) == 4 and len({_suffix(n) for n in mg}) == 4, mg
-    slides = [p["path"].rsplit("/", 1)[1] for p in paths if p["path"].endswith(("49.4.0]",))]
-    assert sorted(_suffix(n) for n in slides) == ["51768649.4.0", "60642149.4.0"], slides  # 12 characters
-    for level in (2, 3):  # a name is suffixed exactly when another under its parent would read the same
-        by_parent = collections.defaultdict(set)
-        for p in paths:
-            parts = p["path"].split("/")
-            by_parent["/".join(parts[:level])].add(parts[level])
-        for names in by_parent.values():
-            bases = collections.Counter(n.rsplit(" [", 1)[0] if _suffix(n) else n for n in names)
-            for n in names:
-                assert (_suffix(n) is not None) == (bases[n.rsplit(" [", 1)[0] if _suffix(n) else n] > 1), n
+    uids = {
+        u: (study_uid, series_uid)
+        for u, study_uid, series_uid in duckdb.execute(
+            "SELECT crdc_series_uuid, StudyInstanceUID, SeriesInstanceUID FROM read_parquet(?)", [str(INDEX)]
+        ).fetchall()
+        if u in {p["crdc_series_uuid"] for p in paths}
+    }
+    named = [(p["path"].split("/"), *uids[p["crdc_series_uuid"]]) for p in paths]
+    same_day = {parts[2] for parts, st, _ in named if parts[2].startswith("2002-02-06 BRAIN^ROUTINE (")}
+    assert len(same_day) >= 2
+    assert all(len(_told_apart(parts[2], st) or "") == 6 for parts, st, _ in named if parts[2] in same_day)
+    mg = [(parts[3], se) for parts, _, se in named if parts[3].startswith("1 MG V-Preview (")]
+    assert len(mg) == 4 and len({_told_apart(n, se) for n, se in mg}) == 4, mg
+    slides = [(parts[3], se) for parts, _, se in named if parts[3].startswith("1 SM FZ HE T (")]
+    assert sorted(_told_apart(n, se) for n, se in slides) == ["51768649.4.0", "60642149.4.0"], slides  # 12
+    for level, which in ((2, 1), (3, 2)):  # suffixed exactly when another under the same parent reads the same
+        bases = collections.defaultdict(set)
+        for row in named:
+            parts, uid = row[0], row[which]
+            tail = _told_apart(parts[level], uid)
+            base = parts[level][: -len(tail) - 3] if tail else parts[level]
+            bases[("/".join(parts[:level]), base)].add((uid, tail))
+        for (_, base), found in bases.items():
+            assert all((tail is not None) == (len(found) > 1) for _, tail in found), (base, found)
     again = Namespace(INDEX, LAYOUTS["readable"], Selection(filter=where), cache_dir=None)
     assert again.series_paths().to_pylist() == paths
 
@@ -105,7 +120,9 @@ def test_readable_values_are_tidied_cut_and_escaped(small_index, tmp_path):
     series = [
         ("x" * 80, "9.9.1"),  # a long description, cut
         ("", "1.2.3.99999999999999"),  # blank: the placeholder; two UIDs alike in their last 12 characters
-        (None, "1.2.4.99999999999999"),
+        ("\t\n", "1.2.4.99999999999999"),  # only blanks: the same placeholder
+        ("  T2*\t[ax]?  50% ", "9.9.4"),  # glob characters and % escaped, blanks made one space
+        (None, "9.9/5"),  # a UID with a slash, told apart from the two above by its escaped end
     ]
     for i, (description, uid) in enumerate(series):
         con.execute(
@@ -117,16 +134,24 @@ def test_readable_values_are_tidied_cut_and_escaped(small_index, tmp_path):
         )
     con.execute(f"COPY (SELECT * FROM t WHERE PatientID = 'P') TO '{crafted}' (FORMAT parquet)")
     ns = Namespace(crafted, LAYOUTS["readable"])
-    got = sorted(p["path"] for p in ns.series_paths().to_pylist())
-    modality = got[0].split("/")[3].split(" ")[1]
-    study = "no date CHEST W%2FO CONTRAST"
-    assert got[2] == f"rider_phantom_mri/P/{study}/7 {modality} " + "x" * 64
-    placeholder = f"rider_phantom_mri/P/{study}/7 {modality} no description"
-    assert got[:2] == [placeholder + " [1.2.3.99999999999999]", placeholder + " [1.2.4.99999999999999]"]
+    got = sorted(p["path"].rsplit("/", 1)[1] for p in ns.series_paths().to_pylist())
+    parent = {p["path"].rsplit("/", 1)[0] for p in ns.series_paths().to_pylist()}
+    assert parent == {"rider_phantom_mri/P/no date CHEST W%2FO CONTRAST"}
+    modality = got[0].split(" ")[1]
+    assert got == [
+        f"7 {modality} T2%2A %5Bax%5D%3F 50%25",
+        f"7 {modality} no description (.9%2F5)",  # its last 6 characters, escaped, tell it apart
+        f"7 {modality} no description (1.2.3.99999999999999)",  # 6 and 12 characters do not: the whole UID
+        f"7 {modality} no description (1.2.4.99999999999999)",
+        f"7 {modality} " + "x" * 64,
+    ]
+    for name in got:
+        assert "/" not in name and not any(c in name for c in "*?[]")
 
 
-def test_hostile_names_never_escape_the_tree(small_index):
-    ns = Namespace(small_index)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_hostile_names_never_escape_the_tree(small_index, layout):
+    ns = Namespace(small_index, LAYOUTS[layout])
     names = {p[1] for p, _ in walk(ns) if len(p) == 2 and p[0] == "4d_lung"}
     assert {"%2E%2E", "a%2Fb", "%2E", "%", "x%252Fy", "evil%2F..%2F..%2Fetc"} <= names
     for path, _ in walk(ns):

@@ -65,11 +65,12 @@ def test_cohorts_select_shard_and_pickle(mount, sandbox, tmp_path):
         even = [len(cohort.shard(rank, 4, even=True)) for rank in range(4)]
         assert len(set(even)) == 1 and sum(even) == len(cohort) // 4 * 4
 
-    os.environ.update(RANK="1", WORLD_SIZE="3")
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RANK", "1")
+        env.setenv("WORLD_SIZE", "3")
         assert on_mount.shard().series == on_mount.series[1::3]
-    finally:
-        del os.environ["RANK"], os.environ["WORLD_SIZE"]
+    with pytest.raises(ValueError, match="is not a directory: give the mount's own selection"):
+        Cohort.select(mountpoint=mnt, manifest=sandbox.manifest, layout="readable")
     with pytest.raises(ValueError, match="rank 3 of world_size 3"):
         on_mount.shard(3, 3)
     with pytest.raises(TypeError, match="'source' is not a selection option of a mount"):
