@@ -390,6 +390,17 @@ class CacheDir:
         bs = block_size(size)
         return all(self.blocks.has(block_key(series_uuid, name, bs, i)) for i in range(-(-size // bs)))
 
+    def claim_whole(self, series_uuid: str, name: str, size: int) -> bool:
+        """This process is to fetch a small instance: no other process sharing the directory is fetching it."""
+        return not self._as_file(size) or self.files.claim(series_uuid, name)
+
+    def fetching_elsewhere(self, series_uuid: str, name: str, size: int) -> bool:
+        return self._as_file(size) and self.files.claimed(series_uuid, name)
+
+    def release_whole(self, series_uuid: str, name: str, size: int) -> None:
+        if self._as_file(size):
+            self.files.release(series_uuid, name)
+
     def has_whole(self, series_uuid: str, name: str, size: int) -> bool:
         """A small instance is among the instance files (memory, or a stat; no database query)."""
         return self._as_file(size) and self.files.has(series_uuid, name)

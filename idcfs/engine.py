@@ -190,6 +190,7 @@ class Engine:
             "memory_hits": r.memory_hits,
             "bytes_read": r.bytes_read,
             "prefetched_files": r.prefetched_files,
+            "fetched_elsewhere": r.fetched_elsewhere,
             "unstored_bytes": r.unstored,
             "failovers": self.store.failovers,
             "origin_errors": self.store.errors,

@@ -48,6 +48,8 @@ XATTR = "user.idcfs.xxh3"
 HEADROOM = 0.9  # eviction goes down to this share of the cap, so it runs in batches
 RESCAN_SECONDS = 60.0  # other processes' writes are seen at the latest this long after
 STALE_TMP_SECONDS = 600.0
+# A claim older than this was left by a process that died or stalled: another process takes it over.
+CLAIM_STALE_SECONDS = 10.0
 _TMP = ".tmp."
 
 
@@ -107,6 +109,42 @@ class InstanceCache:
     def has(self, series_uuid: str, name: str) -> bool:
         key = f"{series_uuid}/{name}"
         return key in self._present or os.path.exists(f"{self._root}/{key}")
+
+    # -- claims: one process of those sharing the directory fetches an instance; the others wait for its file
+
+    def _claim_path(self, series_uuid: str, name: str) -> str:
+        return f"{self._root}/{series_uuid}/{_TMP}{name}.claim"
+
+    def claim(self, series_uuid: str, name: str) -> bool:
+        """Take the fetch of an instance, unless another process holds it: a file created exclusively beside
+        the instance (a syscall, not a database write: this runs before every GET of a small file)."""
+        if not self.usable:
+            return True
+        path = self._claim_path(series_uuid, name)
+        for _ in range(3):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                return True
+            except FileExistsError:
+                try:
+                    if time.time() - os.stat(path).st_mtime < CLAIM_STALE_SECONDS:
+                        return False
+                    os.unlink(path)  # stale: its owner is gone
+                except FileNotFoundError:
+                    pass
+            except FileNotFoundError:  # the series has no directory yet
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(f"{self._root}/{series_uuid}")
+            except OSError:
+                return True  # claims are an economy: without one, fetch
+        return True
+
+    def claimed(self, series_uuid: str, name: str) -> bool:
+        return os.path.exists(self._claim_path(series_uuid, name))
+
+    def release(self, series_uuid: str, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._claim_path(series_uuid, name))
 
     def get(self, series_uuid: str, name: str, size: int) -> bytes | None:
         """The instance's bytes if the entry is whole and intact, else None (a damaged entry is deleted)."""

@@ -65,6 +65,8 @@ SCATTERED = 3  # out-of-order opens of whole-read files in one directory before 
 WARM_PER_OPEN = 8  # files of a scattered directory started per open
 WARM_CONNECTIONS = 16  # fewer than demand reads get: warming must not delay what a reader waits for
 CLAIM_SECONDS = 60.0
+OTHER_FETCH_WAIT = 5.0  # longest wait for another process's fetch of a small file before fetching it here
+OTHER_FETCH_POLL = 0.02
 STORE_BACKLOG = 128 << 20  # fetched bytes waiting for the disk cache; beyond this they are not cached
 
 
@@ -196,6 +198,7 @@ class Reader:
         self.bytes_fetched = 0
         self.in_flight = 0
         self.hits = 0  # blocks found in the disk cache
+        self.fetched_elsewhere = 0  # small files another process sharing the cache directory fetched
         self.misses = 0  # blocks fetched from the origin
         self.memory_hits = 0
         self.prefetched_files = 0
@@ -360,6 +363,18 @@ class Reader:
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
         if (d := self._series.get(f.dir_id)) is not None:
             d.fetched = True
+        # A small file another process sharing the cache directory is fetching (a DataLoader worker, a Ray
+        # worker, a second mount) is waited for, not fetched twice.
+        claimed = self.cache is not None and f.size <= WHOLE_FILE and missing == [0]
+        if claimed and not self.cache.claim_whole(uuid, f.name, f.size):
+            claimed = False
+            data = await self._fetched_elsewhere(f)
+            if data is not None:
+                self.hits += 1
+                self.fetched_elsewhere += 1
+                self._deliver(f, 0, data, flight)
+                self._land(f, missing, flight)
+                return
         self.in_flight += 1
         try:
             with flight.recording_failure():
@@ -375,23 +390,47 @@ class Reader:
                         # A copy: a view would keep the whole GET buffer alive while --memory counts one block.
                         part = data[(i - lo) * bs : (i - lo + 1) * bs] if hi - lo > 1 else data
                         self._deliver(f, i, part, flight)
-                    self._store_later(uuid, f.name, f.size, bs, lo, data)
+                    stored = self._store_later(uuid, f.name, f.size, bs, lo, data, claimed)
+                    claimed = claimed and not stored  # the store releases it
         finally:
             self.in_flight -= 1
+            if claimed:  # not fetched, or not to be stored: others need not wait for it
+                self.cache.release_whole(uuid, f.name, f.size)
             self._land(f, missing, flight)
 
-    def _store_later(self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes) -> None:
-        if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
-            return
-        self._unstored += len(data)
-        self.background.start_soon(self._store, uuid, name, size, bs, first, data)
+    async def _fetched_elsewhere(self, f: InstanceFile) -> bytes | None:
+        """The file another process fetches, once it is in the cache directory; None if that process gave
+        up, or took longer than OTHER_FETCH_WAIT."""
+        uuid, name, size = f.series.crdc_series_uuid, f.name, f.size
+        deadline = trio.current_time() + OTHER_FETCH_WAIT
+        while trio.current_time() < deadline:
+            await trio.sleep(OTHER_FETCH_POLL)
+            if self.cache.has_whole(uuid, name, size):
+                return await trio.to_thread.run_sync(self.cache.whole, uuid, name, size, limiter=self.disk)
+            if not self.cache.fetching_elsewhere(uuid, name, size):
+                return None
+        return None
 
-    async def _store(self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes) -> None:
+    def _store_later(
+        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False
+    ) -> bool:
+        """Store data in the background; True if it will be (the store then releases the claim)."""
+        if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
+            return False
+        self._unstored += len(data)
+        self.background.start_soon(self._store, uuid, name, size, bs, first, data, claimed)
+        return True
+
+    async def _store(
+        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False
+    ) -> None:
         try:
             failpoint("store")
             await trio.to_thread.run_sync(self.cache.put, uuid, name, size, bs, first, data, limiter=self.disk)
         finally:
             self._unstored -= len(data)
+            if claimed:
+                self.cache.release_whole(uuid, name, size)
 
     # -- heads: the first HEAD bytes of a small file, cached as a block of their own
 
