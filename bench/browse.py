@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "bench" / "browse.json")
     args = p.parse_args(argv)
 
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
     results: dict = {"latency_ms": args.latency_ms, "runs": {}}

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         return 2
 
     import idcfs
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-dl-"))
     results: dict = {"latency_ms": args.latency_ms, "workers": args.workers, "batch": args.batch, "runs": {}}

@@ -7,7 +7,7 @@ context manager that mounts (or not) and yields a function from a series UUID
 to the directory holding that series' instance files.
 
 Latency: this kernel has no netem qdisc, so round-trip time is added by a proxy
-in front of the origin (idcfs.faultproxy) that waits the stated delay before
+in front of the origin (idcfs.testing.faultproxy) that waits the stated delay before
 forwarding each request; every tool goes through the same proxy, which also
 counts the body bytes it passes on.
 """
@@ -49,7 +49,7 @@ def origin(n_series: int = 16):
     loads every object into moto, which takes minutes."""
     import idc_index_data
 
-    from idcfs.sandbox import Sandbox, SandboxState
+    from idcfs.testing.sandbox import Sandbox, SandboxState
 
     if os.environ.get("IDCFS_BENCH_ORIGIN"):
         yield SandboxState.load(Path(os.environ["IDCFS_BENCH_ORIGIN"]))

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         print("bench.raydata needs Ray: pip install 'ray[data]'", file=sys.stderr)
         return 2
     from idcfs.cohort import Cohort
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-ray-"))
     out: dict = {"latency_ms": args.latency_ms, "cpus": args.cpus, "machine_cores": os.cpu_count(), "runs": []}

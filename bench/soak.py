@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from idcfs.sandbox import read_uncached
+from idcfs.testing.sandbox import read_uncached
 
 from .harness import REPO, SM_SERIES, origin, origin_dir, unmount, wait_mounted
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "bench" / "soak.json")
     args = p.parse_args(argv)
 
-    from idcfs.faultproxy import FAULTS, FaultProxy
+    from idcfs.testing.faultproxy import FAULTS, FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-soak-"))
     mnt, cache = work / "mnt", work / "cache"

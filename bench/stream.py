@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "bench" / "stream.json")
     args = p.parse_args(argv)
 
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
     with origin(args.series) as state:

@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "bench" / "wsi.json")
     args = p.parse_args(argv)
 
-    from idcfs.faultproxy import FaultProxy
     from idcfs.namespace import GCS_MIRROR
+    from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
     results: dict = {"latency_ms": args.latency_ms, "runs": {}}

@@ -11,7 +11,7 @@ from pathlib import Path
 import idc_index_data
 import pytest
 
-from idcfs.sandbox import Sandbox
+from idcfs.testing.sandbox import Sandbox
 
 INDEX = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
 
@@ -144,7 +144,7 @@ def uuid_of(path: Path) -> str:
 
 def read_all(root: Path) -> dict[str, str]:
     """{'<crdc_series_uuid>/<name>': sha256} of every file under root, read through the mount."""
-    from idcfs.sandbox import sha256_file
+    from idcfs.testing.sandbox import sha256_file
 
     return {f"{uuid_of(p)}/{p.name}": sha256_file(p) for p in files_under(root)}
 

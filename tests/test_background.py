@@ -10,7 +10,7 @@ import os
 import random
 import time
 
-from idcfs.sandbox import read_uncached
+from idcfs.testing.sandbox import read_uncached
 
 from .conftest import idcfs, mount_stats, origin_files, series_dir, uuid_of
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from idcfs.cache import BlockCache, CacheDir, block_key, parse_size
-from idcfs.faultproxy import FaultProxy
 from idcfs.readpath import PREFETCH_FILES
-from idcfs.sandbox import Sandbox, sha256_file
+from idcfs.testing.faultproxy import FaultProxy
+from idcfs.testing.sandbox import Sandbox, sha256_file
 
 from .conftest import (
     by_modality,

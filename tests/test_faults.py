@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from idcfs.cache import WHOLE_FILE
-from idcfs.faultproxy import FAULTS, FaultProxy
-from idcfs.sandbox import read_uncached
 from idcfs.store import GCS_MIRROR, ObjectStore, StoreError
+from idcfs.testing.faultproxy import FAULTS, FaultProxy
+from idcfs.testing.sandbox import read_uncached
 
 from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
 

@@ -24,7 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from idcfs.cache import WHOLE_FILE
 from idcfs.fsspec import LocalFile
-from idcfs.sandbox import sha256_file
+from idcfs.testing.sandbox import sha256_file
 
 from .conftest import by_modality, idcfs, mount_stats, origin_files, series_dir
 
@@ -394,7 +394,7 @@ def _sha_and_prefetched(path: str) -> tuple[int, str, str, int]:
 
 def test_a_shuffled_epoch_in_workers_fetches_each_file_about_once(sandbox, tmp_path):
     """Shuffled whole-file reads warm the rest of each series; workers sharing the cache claim what they fetch."""
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     with FaultProxy(sandbox.s3_endpoint) as s3:
         fs = _fs(sandbox, tmp_path / "cache", s3_endpoint=s3.url)
@@ -412,7 +412,7 @@ def test_a_shuffled_epoch_in_workers_fetches_each_file_about_once(sandbox, tmp_p
 def test_shuffled_reads_through_the_mount_fetch_each_file_once(mount, sandbox):
     from concurrent.futures import ThreadPoolExecutor
 
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     with FaultProxy(sandbox.s3_endpoint) as s3:
         mnt = mount(s3_endpoint=s3.url)

@@ -139,7 +139,7 @@ def test_readable_layout(mount, sandbox, tmp_path):
     import fsspec
 
     from idcfs.index import Index
-    from idcfs.sandbox import sha256_file
+    from idcfs.testing.sandbox import sha256_file
 
     mnt, default = mount("--layout", "readable"), mount()
     ix = Index(manifest=sandbox.manifest, layout="readable", cache_dir=tmp_path / "ix")
@@ -273,7 +273,7 @@ def test_read_only(mount, sandbox):
 
 def test_no_credentials_reach_the_origin(sandbox, tmp_path):
     """A user's AWS and GCP identities, in the environment and in their usual files, are never sent."""
-    from idcfs.faultproxy import FaultProxy
+    from idcfs.testing.faultproxy import FaultProxy
 
     home = tmp_path / "home"
     (home / ".aws").mkdir(parents=True)

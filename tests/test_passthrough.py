@@ -18,7 +18,7 @@ import pyfuse3
 import pytest
 
 from idcfs.cache import WHOLE_FILE
-from idcfs.sandbox import read_uncached
+from idcfs.testing.sandbox import read_uncached
 
 from .conftest import files_under, idcfs, mount_stats, origin_files, read_all, uuid_of
 

@@ -16,8 +16,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from idcfs.cohort import Cohort  # noqa: E402
-from idcfs.faultproxy import FaultProxy  # noqa: E402
 from idcfs.ray import arrow_filesystem, read_binary_files  # noqa: E402
+from idcfs.testing.faultproxy import FaultProxy  # noqa: E402
 
 from .conftest import origin_files  # noqa: E402
 

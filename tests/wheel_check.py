@@ -43,7 +43,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_uncached(path: Path) -> bytes:  # as idcfs.sandbox's, which needs the sandbox extra to import
+def _read_uncached(path: Path) -> bytes:  # as idcfs.testing.sandbox's, which needs the sandbox extra to import
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -323,7 +323,7 @@ def _list(differs: dict) -> str:
 
 
 def outside(lowest: bool, keep: bool) -> int:
-    from idcfs.sandbox import Sandbox
+    from idcfs.testing.sandbox import Sandbox
 
     t0 = time.monotonic()
     kind = "lowest versions pyproject allows" if lowest else "newest versions pyproject allows"

@@ -26,8 +26,8 @@ from pathlib import Path
 import duckdb
 from tqdm import tqdm
 
+from ..store import GCS_MIRROR
 from .dicomgen import SeriesRow, instance_uuid, series_datasets
-from .store import GCS_MIRROR
 
 log = logging.getLogger(__name__)
 logging.getLogger("highdicom").setLevel(logging.WARNING)
