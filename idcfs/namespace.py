@@ -1,4 +1,4 @@
-"""The directory tree, built from the IDC index with duckdb.
+"""The directory tree, built with duckdb from the series a selection picks (selection.py).
 
 The selected series are sorted by their path components, so every directory
 is a contiguous run of rows. For each template level we keep the start row of
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import treecache
-from .store import GCS_MIRROR
-
-log = logging.getLogger(__name__)
+from .errors import Spelling, as_flag
+from .selection import COMMERCIAL as COMMERCIAL  # re-exported until the front ends import idcfs.selection
+from .selection import IndexViews, Selection, SelectionError, _one_line, _sql_str
+from .selection import parse_manifest as parse_manifest
+from .store import GCS_MIRROR as GCS_MIRROR  # bench/wsi.py imports it from here
 
 DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
 # idc-index's dirTemplate attributes: a template of these alone gives `idc download`'s paths, value for value.
@@ -84,20 +84,6 @@ XATTR_COLUMNS = (
     "max_idc_version",
 )
 
-# Tables shipped beside idc_index.parquet in idc-index-data.
-PRIOR_VERSIONS_FILE = "prior_versions_index.parquet"
-VERSIONS_FILE = "version_metadata_index.parquet"
-
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_MANIFEST_URL = re.compile(rf"^(?:cp\s+)?(s3|gs)://([a-z0-9.-]+)/({_UUID})/\*?(?:\s+\S+)?$")
-_UUID_LINE = re.compile(rf"^{_UUID}$")
-_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
-
-
-class SelectionError(ValueError):
-    """Bad user input for the selection: the message says what to fix."""
-
-
 # ---------------------------------------------------------------------------
 # Name escaping
 
@@ -145,13 +131,13 @@ def _sql_component(expr: str) -> str:
     return f"(CASE WHEN {e} = '' THEN '%' WHEN {e} IN ('.', '..') THEN replace({e}, '.', '%2E') ELSE {e} END)"
 
 
-def template_for(template: str | None, layout: str | None) -> str:
+def template_for(template: str | None, layout: str | None, spell: Spelling = as_flag) -> str:
     """The template of a --template or a --layout (at most one of them), by default idc download's."""
     if template is not None and layout is not None:
-        raise SelectionError("give --template or --layout, not both")
+        raise SelectionError(f"give {spell('template')} or {spell('layout')}, not both")
     if layout is not None:
         if layout not in LAYOUTS:
-            raise SelectionError(f"bad --layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+            raise SelectionError(f"bad {spell('layout')} {layout!r}: use one of {', '.join(LAYOUTS)}")
         return LAYOUTS[layout]
     return template or DEFAULT_TEMPLATE
 
@@ -194,7 +180,7 @@ class Level:
         )
 
 
-def parse_template(template: str) -> list[Level]:
+def parse_template(template: str, spell: Spelling = as_flag) -> list[Level]:
     """Split a template (idc-index's dirTemplate, plus READABLE_ATTRIBUTES and spaces) into directory levels."""
     rest = template
     for attr in sorted(ATTRIBUTES, key=len, reverse=True):
@@ -203,13 +189,14 @@ def parse_template(template: str) -> list[Level]:
         rest = rest.replace(sep, "")
     if rest or not template.strip("/ "):
         raise SelectionError(
-            f"bad --template {template!r}: use only %{', %'.join(ATTRIBUTES)} and the separators - _ / and space"
+            f"bad {spell('template')} {template!r}: use only %{', %'.join(ATTRIBUTES)} "
+            "and the separators - _ / and space"
         )
     parts = template.strip("/").split("/")
     levels = []
     for depth, part in enumerate(parts):
         if not part:
-            raise SelectionError(f"bad --template {template!r}: empty path level (two slashes in a row)")
+            raise SelectionError(f"bad {spell('template')} {template!r}: empty path level (two slashes in a row)")
         pieces, used = [], set()
         for i, token in enumerate(re.split("%(" + "|".join(sorted(ATTRIBUTES, key=len, reverse=True)) + ")", part)):
             if i % 2:
@@ -245,78 +232,6 @@ def _told_apart(level: int, identity: str) -> str:
         f"WHEN NOT ({clash(f', right({key}, 12)')}) THEN right({key}, 12) ELSE {key} END"
     )
     return f"(CASE WHEN {clash('')} THEN b{level} || ' (' || {suffix} || ')' ELSE b{level} END)"
-
-
-# ---------------------------------------------------------------------------
-# Selection (cohort views)
-
-
-def parse_manifest(path: Path) -> tuple[list[str], list[str]]:
-    """Return (crdc_series_uuids, SeriesInstanceUIDs) named by a manifest file.
-
-    Accepts the IDC Portal's s5cmd manifests (`cp s3://bucket/uuid/* .`), bare
-    bucket URLs, and plain lists of crdc_series_uuid or SeriesInstanceUID.
-    """
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SelectionError(f"cannot read --manifest {path}: {e}") from None
-    uuids, uids = [], []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _MANIFEST_URL.match(line)
-        if m:
-            scheme, bucket, uuid = m.groups()
-            known = GCS_MIRROR.values() if scheme == "gs" else GCS_MIRROR.keys()
-            if bucket not in known:
-                raise SelectionError(f"--manifest {path} line {n}: {scheme}://{bucket} is not an IDC bucket")
-            uuids.append(uuid.lower())
-        elif _UUID_LINE.match(line):
-            uuids.append(line.lower())
-        elif _DICOM_UID.match(line):
-            uids.append(line)
-        else:
-            raise SelectionError(
-                f"--manifest {path} line {n}: {line[:80]!r} is not an s5cmd cp line, "
-                "a crdc_series_uuid or a SeriesInstanceUID"
-            )
-    if not uuids and not uids:
-        raise SelectionError(f"--manifest {path} names no series")
-    return uuids, uids
-
-
-@dataclass
-class Selection:
-    filter: str | None = None
-    collections: tuple[str, ...] = ()
-    manifest: Path | None = None
-    licenses: tuple[str, ...] = ()  # license_short_name values, or COMMERCIAL
-    idc_version: int | None = None  # an earlier IDC release; None: the index's own
-
-
-# --license value: every license that allows commercial use (CC BY and CC0, no NC or ND).
-COMMERCIAL = "commercial"
-_COMMERCIAL_LICENSE = re.compile(r"^(CC BY( \d+(\.\d+)*)?|CC0( \d+(\.\d+)*)?)$", re.IGNORECASE)
-
-
-def _validate_filter(con: duckdb.DuckDBPyConnection, where: str) -> None:
-    probe = f"SELECT 1 FROM idx WHERE ({where})"
-    try:
-        statements = con.extract_statements(probe)
-    except duckdb.Error as e:
-        raise SelectionError(f"invalid --filter SQL: {_one_line(e)}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise SelectionError("invalid --filter: it must be a single WHERE condition, e.g. \"Modality='CT'\"")
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
 
 
 # ---------------------------------------------------------------------------
@@ -380,15 +295,8 @@ class Series:
     aws_bucket: str
 
 
-_inherited_connections: list = []
-
 # Per-series columns the tree keeps, so a directory can tell what its subtree holds without a query.
 SUMMARY_COLUMNS = ("license_short_name", "source_DOI")
-
-
-def _sibling(index_path: Path, name: str) -> Path | None:
-    path = index_path.parent / name
-    return path if path.is_file() else None
 
 
 class Namespace:
@@ -401,24 +309,20 @@ class Namespace:
         selection: Selection | None = None,
         cache_dir: Path | None = None,
     ):
-        self.index_path = Path(index_path)
-        self.prior_path = _sibling(self.index_path, PRIOR_VERSIONS_FILE)
-        self.template = template
-        self.levels = levels = parse_template(template)
-        self.depth = len(levels)
         selection = selection or Selection()
+        spell = selection.spell
+        self.template = template
+        self.levels = levels = parse_template(template, spell)
+        self.depth = len(levels)
         self._metadata: dict[str, dict[str, str]] = {}
         self._summaries: dict[int, dict[str, str]] = {}
-        # What `idx` is: the index's own release, or release N from the index plus prior_versions_index.
-        self._view_statements = ["CREATE VIEW idx AS SELECT * FROM current"]
-        self._connection, self._pid = self._connect(), os.getpid()
-        self.current_version = self._current_version()
-        self.release = self._choose_release(selection.idc_version)
-        self.earlier_versions = 0  # series versions a manifest named from releases before self.release
+        self.views = IndexViews(index_path, selection)
         absent = [a for a in READABLE_ATTRIBUTES if "%" + a in template and a not in self.columns]
         if absent:
-            raise SelectionError(f"--index {self.index_path} has no column {absent[0]}, which the template uses")
-        where, params = self._where(selection)
+            raise SelectionError(
+                f"{spell('index')} {self.index_path} has no column {absent[0]}, which the template uses"
+            )
+        where, params = self.views.where()
         con = self._con
         # Few distinct values: sorted as enum codes (dictionary arrays in Arrow), not strings.
         per_series = ("aws_bucket", *SUMMARY_COLUMNS)
@@ -455,9 +359,8 @@ class Namespace:
             except duckdb.Error as e:
                 raise SelectionError(f"invalid selection: {_one_line(e)}") from None
             if rows.num_rows == 0:
-                raise SelectionError(
-                    "the selection is empty: no series match --filter/--collection/--manifest/--license/--idc-version"
-                )
+                options = ("filter", "collection", "manifest", "license", "idc_version")
+                raise SelectionError(f"the selection is empty: no series match {'/'.join(map(spell, options))}")
             tree = _tree_batch(rows, self.depth)
             del rows
             # Mapped from the file once stored: its pages are then shared with the page cache, not this
@@ -465,253 +368,51 @@ class Namespace:
             if treecache.save(cached, tree) is not None and (mapped := treecache.load(cached)) is not None:
                 tree = mapped
                 pa.default_memory_pool().release_unused()
-            # duckdb's allocator keeps what the sort used (500 MB for the whole index) until its connection
-            # is closed: a fresh one costs milliseconds.
-            self._connection.close()
-            self._connection = self._connect()
+            self.views.reconnect()  # gives back what the sort used
         self._build(tree)
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(":memory:", config={"threads": 2})
-        index_path = self.index_path
-        try:
-            con.execute(f"CREATE VIEW current AS SELECT * FROM read_parquet({_sql_str(str(index_path))})")
-            columns = [r[0] for r in con.execute("DESCRIBE current").fetchall()]
-        except duckdb.Error as e:
-            raise SelectionError(f"cannot read --index {index_path}: {_one_line(e)}") from None
-        missing = {"crdc_series_uuid", "aws_bucket", *TEMPLATE_ATTRIBUTES} - set(columns)
-        if missing:
-            raise SelectionError(f"--index {index_path} is not an IDC index: missing columns {sorted(missing)}")
-        allowed = [index_path]
-        if self.prior_path is not None:
-            con.execute(f"CREATE VIEW prior AS SELECT * FROM read_parquet({_sql_str(str(self.prior_path))})")
-            allowed.append(self.prior_path)
-        for statement in self._view_statements:
-            con.execute(statement)
-        self.columns = [r[0] for r in con.execute("DESCRIBE idx").fetchall()]
-        # The filter may read nothing but the index, and nothing may change the settings after this.
-        paths = ", ".join(_sql_str(str(q)) for p in allowed for q in (p, p.resolve()))
-        con.execute(f"SET allowed_paths = [{paths}]")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
-
-    def _redefine_idx(self, *statements: str) -> None:
-        """Replace the `idx` view (kept, so that a forked child's own connection gets the same one)."""
-        self._view_statements = ["DROP VIEW idx", *statements]
-        for statement in self._view_statements:
-            self._con.execute(statement)
-        self._view_statements = list(statements)
-        self.columns = [r[0] for r in self._con.execute("DESCRIBE idx").fetchall()]
+    # -- what the selection gave (see IndexViews)
 
     @property
-    def _con(self) -> duckdb.DuckDBPyConnection:
-        """This process's duckdb connection. A forked child (a DataLoader worker) keeps the parent's tree,
-        which it shares copy-on-write, but not its connection: duckdb does not survive fork."""
-        if self._pid != os.getpid():
-            _inherited_connections.append(self._connection)  # never used, closed or collected in the child
-            self._connection, self._pid = self._connect(), os.getpid()
-        return self._connection
+    def index_path(self) -> Path:
+        return self.views.index_path
 
-    # -- releases
+    @property
+    def columns(self) -> list[str]:
+        """The columns of the `idx` view."""
+        return self.views.columns
 
-    def _current_version(self) -> int | None:
-        """The IDC release of the index: version_metadata_index beside it, else its newest revision."""
-        versions = _sibling(self.index_path, VERSIONS_FILE)
-        if versions is not None:
-            try:
-                [(v,)] = duckdb.execute(
-                    f"SELECT max(idc_version) FROM read_parquet({_sql_str(str(versions))})"
-                ).fetchall()
-                if v is not None:
-                    return int(v)
-            except duckdb.Error as e:
-                log.warning("ignoring %s: %s", versions, _one_line(e))
-        if "series_revised_idc_version" not in self.columns:
-            return None
-        [(v,)] = self._con.execute("SELECT max(series_revised_idc_version) FROM current").fetchall()
-        return None if v is None else int(v)
+    @property
+    def current_version(self) -> int | None:
+        return self.views.current_version
 
-    def _need_prior(self, why: str) -> None:
-        if self.prior_path is None:
-            raise SelectionError(f"{why} needs {PRIOR_VERSIONS_FILE} beside --index {self.index_path}")
-        if "series_revised_idc_version" not in self.columns:
-            raise SelectionError(f"{why} needs the column series_revised_idc_version in --index {self.index_path}")
+    @property
+    def release(self) -> int | None:
+        return self.views.release
 
-    def _choose_release(self, wanted: int | None) -> int | None:
-        if wanted is None or wanted == self.current_version:
-            return self.current_version
-        self._need_prior(f"--idc-version {wanted}")
-        if self.current_version is None or not 1 <= wanted <= self.current_version:
-            raise SelectionError(f"--idc-version {wanted} is not an IDC release: give 1 to {self.current_version}")
-        # Series of release N: current versions that existed by then, and the versions N had that later
-        # releases revised or removed. Those are few (tens of thousands), so they are materialized.
-        self._redefine_idx(
-            "CREATE TEMP TABLE earlier AS "
-            + self._prior_sql(f"min(min_idc_version) <= {wanted} AND max(max_idc_version) >= {wanted}"),
-            f"CREATE VIEW idx AS {self._current_sql(f'series_revised_idc_version <= {wanted}')} "
-            "UNION ALL BY NAME SELECT * FROM earlier",
-        )
-        return wanted
-
-    def _current_sql(self, where: str = "TRUE") -> str:
-        return (
-            f"SELECT *, series_revised_idc_version AS min_idc_version, {self.current_version} AS max_idc_version "
-            f"FROM current WHERE {where}"
-        )
-
-    def _prior_sql(self, having: str) -> str:
-        """One row per earlier series version, shaped like the index.
-
-        A version spans one row per storage bucket it was served from; its objects are read from the latest.
-        The index has no license or DOI of an earlier version: those of the series' current version are given
-        (IDC keeps license and DOI as current metadata of a series); NULL for series IDC has removed.
-        """
-        current = [c for c in ("license_short_name", "source_DOI", "analysis_result_id") if c in self.columns]
-        picked = "".join(f", c.{c}" for c in current)
-        init = (
-            ", least(c.init, v.min_idc_version)" if "series_init_idc_version" in self.columns else ", v.min_idc_version"
-        )
-        return f"""
-            SELECT v.*, v.min_idc_version AS series_revised_idc_version{init} AS series_init_idc_version,
-                   's3://' || v.aws_bucket || '/' || v.crdc_series_uuid || '/*' AS series_aws_url{picked}
-            FROM (
-                SELECT crdc_series_uuid,
-                       arg_max(collection_id, max_idc_version) AS collection_id,
-                       arg_max(PatientID, max_idc_version) AS PatientID,
-                       arg_max(StudyInstanceUID, max_idc_version) AS StudyInstanceUID,
-                       arg_max(SeriesInstanceUID, max_idc_version) AS SeriesInstanceUID,
-                       arg_max(Modality, max_idc_version) AS Modality,
-                       arg_max(aws_bucket, max_idc_version) AS aws_bucket,
-                       max(series_size_MB) AS series_size_MB,
-                       min(min_idc_version) AS min_idc_version,
-                       max(max_idc_version) AS max_idc_version
-                FROM prior GROUP BY crdc_series_uuid HAVING {having}
-            ) v
-            LEFT JOIN (
-                SELECT SeriesInstanceUID{"".join(f", any_value({c}) AS {c}" for c in current)}
-                       {", min(series_init_idc_version) AS init" if "series_init_idc_version" in self.columns else ""}
-                FROM current WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM prior)  -- a third of the time
-                GROUP BY SeriesInstanceUID
-            ) c USING (SeriesInstanceUID)"""
+    @property
+    def earlier_versions(self) -> int:
+        return self.views.earlier_versions
 
     @property
     def idc_version(self) -> str:
         """The IDC release this tree is (v25), or '' when the index does not say."""
-        return "" if self.release is None else f"v{self.release}"
+        return self.views.idc_version
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        """This process's duckdb connection, with the view `idx` (made again in a forked child)."""
+        return self.views.con
 
     def _tree_cache_path(self, cache_dir: Path | None, query: str, params: list) -> Path | None:
         """The sorted selection depends only on the index files, the view, the query and its parameters."""
         if cache_dir is None:
             return None
-        files = [self.index_path] + ([self.prior_path] if self.prior_path else [])
+        views = self.views
+        files = [views.index_path] + ([views.prior_path] if views.prior_path else [])
         stamps = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        key = json.dumps([TREE_FORMAT, stamps, self._view_statements, query, params])
+        key = json.dumps([TREE_FORMAT, stamps, views.view_statements, query, params])
         return Path(cache_dir) / "trees" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".arrow")
-
-    def _where(self, sel: Selection) -> tuple[str, list]:
-        con = self._con
-        clauses, params = ["TRUE"], []
-        if sel.filter is not None:
-            if not sel.filter.strip():
-                raise SelectionError("empty --filter: give a WHERE condition such as \"Modality='CT'\"")
-            _validate_filter(con, sel.filter)
-            try:
-                con.execute(f"SELECT count(*) FROM idx WHERE ({sel.filter}) LIMIT 0").fetchall()
-            except duckdb.Error as e:
-                raise SelectionError(f"invalid --filter SQL: {_one_line(e)}") from None
-            clauses.append(f"({sel.filter})")
-        if sel.collections:
-            known = {r[0] for r in con.execute("SELECT DISTINCT collection_id FROM idx").fetchall()}
-            for c in sel.collections:
-                if c not in known:
-                    raise SelectionError(
-                        f"unknown --collection {c!r}; list them with: ls MOUNTPOINT after a plain mount"
-                    )
-            clauses.append("collection_id IN (SELECT unnest(?))")
-            params.append(list(sel.collections))
-        if sel.licenses:
-            clauses.append("license_short_name IN (SELECT unnest(?))")
-            params.append(self._licenses(sel.licenses))
-        if sel.manifest is not None:
-            clauses.append(self._manifest_clause(sel.manifest, params))
-        return " AND ".join(clauses), params
-
-    def _licenses(self, wanted: tuple[str, ...]) -> list[str]:
-        """--license values as license_short_name values; COMMERCIAL stands for every CC BY and CC0 license."""
-        if "license_short_name" not in self.columns:
-            raise SelectionError(f"--license needs the column license_short_name in --index {self.index_path}")
-        known = [r[0] for r in self._con.execute("SELECT DISTINCT license_short_name FROM idx ORDER BY 1").fetchall()]
-        known = [k for k in known if k is not None]
-        by_lower = {k.lower(): k for k in known}
-        names = []
-        for w in wanted:
-            if w.strip().lower() == COMMERCIAL:
-                names += [k for k in known if _COMMERCIAL_LICENSE.match(k)]
-            elif w.strip().lower() in by_lower:
-                names.append(by_lower[w.strip().lower()])
-            else:
-                raise SelectionError(
-                    f"unknown --license {w!r}: give {COMMERCIAL!r} or one of " + ", ".join(repr(k) for k in known)
-                )
-        return sorted(set(names))
-
-    def _manifest_clause(self, manifest: Path, params: list) -> str:
-        """Series a manifest names. A crdc_series_uuid of an earlier version is served as that version (with
-        --idc-version N, it must be a version of release N); a SeriesInstanceUID names the release's version."""
-        uuids, uids = parse_manifest(manifest)
-        con = self._con
-        found = con.execute(
-            "SELECT crdc_series_uuid, SeriesInstanceUID FROM idx "
-            "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?))",
-            [uuids, uids],
-        ).fetchall()
-        seen = {u for row in found for u in row}
-        earlier = [u for u in dict.fromkeys(uuids) if u not in seen]
-        if earlier and self.prior_path is not None and "series_revised_idc_version" in self.columns:
-            ranges = dict(
-                con.execute(
-                    "SELECT crdc_series_uuid, min(min_idc_version) || '-' || max(max_idc_version) FROM prior "
-                    "WHERE crdc_series_uuid IN (SELECT unnest(?)) GROUP BY 1",
-                    [earlier],
-                ).fetchall()
-            )
-            if ranges and self.release != self.current_version:
-                u = next(iter(ranges))
-                releases = "v" + ranges[u].replace("-", "-v")
-                raise SelectionError(
-                    f"--manifest {manifest}: series {u} is a version from IDC releases {releases}, "
-                    f"not from --idc-version {self.release}; drop --idc-version to mount the versions it names"
-                )
-            if ranges:
-                self._redefine_idx(
-                    "CREATE TEMP TABLE earlier AS "
-                    + self._prior_sql(f"crdc_series_uuid IN ({', '.join(_sql_str(u) for u in ranges)})"),
-                    f"CREATE VIEW idx AS {self._current_sql()} UNION ALL BY NAME SELECT * FROM earlier",
-                )
-                self.earlier_versions = len(ranges)
-                seen |= set(ranges)
-        unknown = [u for u in uuids + uids if u not in seen]
-        if unknown:
-            raise SelectionError(
-                f"--manifest {manifest}: {len(unknown)} series not in the index"
-                + (f" (IDC {self.idc_version})" if self.idc_version else "")
-                + f", first {unknown[0]}"
-            )
-        twice = con.execute(
-            "SELECT SeriesInstanceUID, list(crdc_series_uuid ORDER BY crdc_series_uuid) FROM idx "
-            "WHERE crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)) "
-            "GROUP BY 1 HAVING count(*) > 1 LIMIT 1",
-            [uuids, uids],
-        ).fetchall()
-        if twice:
-            [(uid, versions)] = twice
-            raise SelectionError(
-                f"--manifest {manifest} names {len(versions)} versions of series {uid} "
-                f"({', '.join(versions)}): one directory holds one version; keep one of them"
-            )
-        params += [uuids, uids]
-        return "(crdc_series_uuid IN (SELECT unnest(?)) OR SeriesInstanceUID IN (SELECT unnest(?)))"
 
     def _build(self, tree: pa.RecordBatch) -> None:
         """Views into the stored tree (see _tree_batch); nothing is copied, so a mapped tree costs memory only
