@@ -53,6 +53,17 @@ class InstanceFile:
         return f"{self.series.crdc_series_uuid}/{self.name}"
 
 
+def stored_listing(meta: MetaCache, series_uuid: str) -> list[ObjectInfo] | None:
+    """A series' objects as kept in the cache directory; None if not kept there. Blocking."""
+    known = meta.listing(series_uuid)
+    return None if known is None else [ObjectInfo(*entry) for entry in known]
+
+
+def keep_listing(meta: MetaCache, series_uuid: str, objs: list[ObjectInfo]) -> bool:
+    """Keep a series' LIST in the cache directory; True if it was kept. Blocking."""
+    return bool(meta.set_listing(series_uuid, [o.entry() for o in objs]))
+
+
 class _Listed:
     """One listed leaf directory."""
 
@@ -207,13 +218,12 @@ class Listings:
         """The series' objects, and whether that list is kept in the cache directory."""
         uuid = series.crdc_series_uuid
         if self.meta is not None:
-            known = await trio.to_thread.run_sync(self.meta.listing, uuid, limiter=self.disk)
+            known = await trio.to_thread.run_sync(stored_listing, self.meta, uuid, limiter=self.disk)
             if known is not None:
-                return [ObjectInfo(*entry) for entry in known], True
+                return known, True
         self.list_requests += 1
         objs = await trio.to_thread.run_sync(self.store.list_series, series.aws_bucket, uuid, limiter=self.limiter)
         if self.meta is None or not objs:  # an empty LIST may be a lagging mirror: ask again next time
             return objs, False
-        entry = [o.entry() for o in objs]
-        kept = await trio.to_thread.run_sync(self.meta.set_listing, uuid, entry, limiter=self.disk)
-        return objs, bool(kept)
+        kept = await trio.to_thread.run_sync(keep_listing, self.meta, uuid, objs, limiter=self.disk)
+        return objs, kept

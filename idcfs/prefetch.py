@@ -21,11 +21,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cache import CacheDir, block_size
+from .listing import keep_listing, stored_listing
 from .namespace import Series
-from .store import ObjectInfo, ObjectStore
+from .store import MAX_GET, ObjectInfo, ObjectStore
 
 READ_CHUNK = 1 << 20
-MAX_GET = 8 << 20
 
 
 @dataclass
@@ -92,12 +92,12 @@ def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs:
 
 def _warm_series(cache, store, series, jobs, progress, summary: Summary, count) -> None:
     def listing(s: Series) -> list[tuple[Series, ObjectInfo]]:
-        known = cache.meta.listing(s.crdc_series_uuid)
+        known = stored_listing(cache.meta, s.crdc_series_uuid)
         if known is not None:
-            return [(s, ObjectInfo(*e)) for e in known]
+            return [(s, o) for o in known]
         objs = store.list_series(s.aws_bucket, s.crdc_series_uuid)
-        if objs:
-            cache.meta.set_listing(s.crdc_series_uuid, [o.entry() for o in objs])
+        if objs:  # an empty LIST may be a lagging mirror: ask again next time
+            keep_listing(cache.meta, s.crdc_series_uuid, objs)
         count(list_requests=1)
         return [(s, o) for o in objs]
 

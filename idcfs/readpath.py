@@ -4,27 +4,16 @@ A file is cut in blocks (cache.block_size): an instance up to WHOLE_FILE bytes
 (most CT and MR) is a single block, fetched whole in one GET on first touch;
 a larger one is cut in BLOCK_SIZE blocks. Blocks are looked up in a small
 memory LRU (the kernel asks in pieces of up to 1 MiB), then in the persistent block
-cache, then fetched:
+cache, then fetched.
 
-- a sequential reader of a large instance gets a readahead window, once it
-  has read READAHEAD_AFTER bytes in order (so header reads stay small). The
-  window doubles up to MAX_WINDOW (or a quarter of the memory budget) and is fetched in the background as
-  parallel GETs of at most MAX_GET. A seek resets it, so reading one WSI tile
-  fetches only the blocks that tile touches;
-- opening the files of a directory in name order (SimpleITK, dcm2niix,
-  `cp -r`) prefetches the next PREFETCH_FILES small files, within a global
-  budget of bytes in flight and its own connection limit;
-- header scans: once HEADER_STREAK small files in a row were closed after
-  reading less than the whole file (`dcmread(stop_before_pixels=True)`, GDCM's
-  series scan), reads that end within HEAD fetch only the file's first HEAD
-  bytes, and the series prefetch fetches those heads instead of whole files.
-  One whole read switches back.
-- scattered reads: once SCATTERED files of one directory were opened out of
-  order and read whole (a shuffled training epoch), and one of them had to come
-  from the origin, the rest of that directory is fetched into the disk cache in
-  the background, a few files per open. A prefetched file is first claimed in
-  the cache directory, so processes sharing it (DataLoader workers on idc://,
-  two mounts) do not fetch it twice.
+What else to fetch is decided by the policies in readpolicy.py, asked on
+every read, open and close: a readahead window for a sequential reader of a
+large instance (fetched as parallel GETs of at most MAX_GET), the heads of
+small files during a header scan, and the next files of a directory read in
+order or the rest of one read whole in no order (series prefetch, with its
+own connection limits). A file warmed for scattered reads is first claimed in
+the cache directory, so processes sharing it (DataLoader workers on idc://,
+two mounts) do not fetch it twice.
 
 A block being loaded is shared: concurrent readers wait for the one disk-cache
 read or GET.
@@ -37,6 +26,7 @@ StoreError (EIO): a short or wrong-sized body is never passed on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 from collections import OrderedDict
@@ -46,23 +36,30 @@ import trio
 from .background import Background, failpoint
 from .cache import WHOLE_FILE, CacheDir, MetaCache, block_key, block_size
 from .listing import InstanceFile
-from .store import ObjectStore, StoreError
+from .readpolicy import (  # the policies' constants are imported from here too
+    FIRST_WINDOW,  # noqa: F401
+    HEAD,
+    HEADER_STREAK,  # noqa: F401
+    MAX_WINDOW,  # noqa: F401
+    PREFETCH_BUDGET,  # noqa: F401
+    PREFETCH_FILES,  # noqa: F401
+    READAHEAD_AFTER,  # noqa: F401
+    REORDER,  # noqa: F401
+    SCATTERED,  # noqa: F401
+    WARM_PER_OPEN,  # noqa: F401
+    HeaderStreak,
+    OpenFile,
+    Readahead,
+    SeriesPrefetch,
+    SiblingFetch,
+    nblocks,
+)
+from .store import MAX_GET, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
-READAHEAD_AFTER = 2 << 20
-FIRST_WINDOW = 2 << 20
-MAX_WINDOW = 64 << 20
-MAX_GET = 8 << 20
-REORDER = 1 << 20  # the kernel may deliver a sequential reader's requests slightly out of order
 MEMORY = 256 << 20
-PREFETCH_FILES = 64
-PREFETCH_BUDGET = 256 << 20
 PREFETCH_CONNECTIONS = 32
-HEAD = 64 << 10  # a CT/MR header, and the kernel's first read of a small file (16 KiB for a 4 KiB read)
-HEADER_STREAK = 2
-SCATTERED = 3  # out-of-order opens of whole-read files in one directory before the rest of it is fetched
-WARM_PER_OPEN = 8  # files of a scattered directory started per open
 WARM_CONNECTIONS = 16  # fewer than demand reads get: warming must not delay what a reader waits for
 CLAIM_SECONDS = 60.0
 OTHER_FETCH_WAIT = 5.0  # longest wait for another process's fetch of a small file before fetching it here
@@ -127,37 +124,8 @@ class _Memory:
             self.size -= len(dropped)
 
 
-class _DirReads:
-    """How one directory's files are being opened."""
-
-    __slots__ = ("last", "upto", "run", "scattered", "warmed", "fetched")
-
-    def __init__(self):
-        self.last = -100  # index of the file opened last
-        self.upto = 0  # in-order prefetch has started the files below this
-        self.run = 0  # opens in order so far
-        self.scattered = 0  # opens out of order of files then read whole
-        self.warmed = 0  # the scattered-read fetch has started the files below this
-        self.fetched = False  # a file of it came from the origin: it is not all in the disk cache
-
-
-class OpenFile:
-    def __init__(self, f: InstanceFile, heads: bool = False):
-        self.file = f
-        self.heads = heads  # opened during a header scan: a read within HEAD fetches only the head
-        self.next_offset = 0  # where a sequential read would continue
-        self.window = FIRST_WINDOW
-        self.ahead = 0  # blocks below this were already asked for by readahead
-        self.streak = 0  # bytes read in order since the last seek
-        self.read_to = 0  # the furthest byte read
-
-
 def _key(f: InstanceFile, i: int) -> str:
     return block_key(f.series.crdc_series_uuid, f.name, block_size(f.size), i)
-
-
-def _nblocks(f: InstanceFile) -> int:
-    return -(-f.size // block_size(f.size))
 
 
 def _runs(indexes: list[int], max_blocks: int):
@@ -186,12 +154,11 @@ class Reader:
         self.warm_limiter = trio.CapacityLimiter(WARM_CONNECTIONS)
         self.disk = trio.CapacityLimiter(16)
         self.memory = _Memory(memory)
-        self.max_window = min(MAX_WINDOW, memory // 4)  # readahead must not evict itself before it is read
+        self.readahead = Readahead(memory)
+        self.headers = HeaderStreak()
+        self.series = SeriesPrefetch()
         self.background: Background | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
-        self._series: OrderedDict[int, _DirReads] = OrderedDict()
-        self._prefetching = 0  # bytes of series prefetch in flight
-        self._partial = 0  # small files closed in a row after reading only part of them
         self._unstored = 0  # bytes fetched and not yet written to the disk cache
         # counters
         self.get_requests = 0
@@ -231,28 +198,12 @@ class Reader:
             return b""
         end = min(offset + size, f.size)
         of.read_to = max(of.read_to, end)
-        if of.heads and end <= HEAD < f.size <= WHOLE_FILE and not self._known(f, 0):
+        if self.headers.head_only(of, end) and not self._known(f, 0):
             self.bytes_read += end - offset
             return memoryview(await self._head(f, self.limiter))[offset:end]
+        extra = self.readahead.read(of, offset, end, functools.partial(self._known, f))
         bs = block_size(f.size)
         b0, b1 = offset // bs, (end - 1) // bs + 1
-        sequential = of.next_offset > 0 and abs(offset - of.next_offset) <= REORDER
-        extra: list[int] = []
-        if not sequential:
-            # A jump to just behind what another reader of this file fetched continues that
-            # stream (readers sharing the page cache each see only the pages still missing).
-            follows = b0 > 0 and self._known(f, b0 - 1)
-            of.streak, of.ahead, of.window = (READAHEAD_AFTER if follows else 0), b1, FIRST_WINDOW
-        of.streak += end - offset
-        # Read ahead once enough was read in order (header reads stay small); issue the
-        # next window when the reader is half a window from the end of the last one.
-        if of.streak >= READAHEAD_AFTER and b1 + of.window // bs // 2 >= of.ahead:
-            lo = max(b1, of.ahead)
-            stop = min(_nblocks(f), lo + of.window // bs)
-            extra = list(range(lo, stop))
-            of.ahead = stop
-            of.window = min(of.window * 2, self.max_window)
-        of.next_offset = max(of.next_offset, end) if sequential else end
         blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
         self.bytes_read += end - offset
         first, last = memoryview(blocks[0]), memoryview(blocks[-1])
@@ -361,8 +312,7 @@ class Reader:
     async def _fetch(self, f: InstanceFile, missing: list[int], flight: _Flight, limiter) -> None:
         """Ranged GETs for the missing blocks of one flight. Never raises; waiters see flight.error."""
         uuid, bs = f.series.crdc_series_uuid, block_size(f.size)
-        if (d := self._series.get(f.dir_id)) is not None:
-            d.fetched = True
+        self.series.fetched(f)
         # A small file another process sharing the cache directory is fetching (a DataLoader worker, a Ray
         # worker, a second mount) is waited for, not fetched twice.
         claimed = self.cache is not None and f.size <= WHOLE_FILE and missing == [0]
@@ -481,55 +431,35 @@ class Reader:
     def open(self, f: InstanceFile, siblings: list[InstanceFile], local: bool = False) -> OpenFile:
         """local: the opener reads files held whole in the cache directory itself (FUSE passthrough, idc://),
         so the series prefetch leaves those files on disk instead of loading them here."""
-        of = OpenFile(f, heads=self._partial >= HEADER_STREAK)
+        of = OpenFile(f, heads=self.headers.scanning())
         self.opened(f, siblings, of.heads, local)
         return of
 
     def close(self, of: OpenFile) -> None:
         """Learn from what the reader read: only the start of small files means a header scan."""
-        f = of.file
-        if of.read_to and HEAD < f.size <= WHOLE_FILE:  # 0: served from the page cache, nothing learned
-            self._partial = self._partial + 1 if of.read_to < f.size else 0
+        self.headers.closed(of)
 
     # -- series prefetch
 
     def opened(self, f: InstanceFile, siblings: list[InstanceFile], heads: bool = False, local: bool = False) -> None:
-        """Note that f was opened; if its directory is being read in order, prefetch what comes next
-        (only the heads during a header scan); if it is being read whole in no order, fetch the rest of it."""
-        d = self._series.pop(f.dir_id, None) or _DirReads()
-        d.run = d.run + 1 if 0 < f.index - d.last <= 4 else 0
-        if not d.run and f.index != d.last and not heads and self._partial == 0:
-            d.scattered += 1
-        if d.run and self.background is not None:
-            # The depth ramps up, so the first files of a header scan are not all fetched whole.
-            depth = min(PREFETCH_FILES, 4 << d.run)
-            d.upto = max(d.upto, f.index + 1)
-            for g in siblings[d.upto : f.index + 1 + depth]:
-                cost = min(g.size, HEAD) if heads else g.size
-                if g.size > WHOLE_FILE or self._prefetching + cost > PREFETCH_BUDGET:
-                    break
-                if local and self.cache is not None and self.cache.has_whole(g.series.crdc_series_uuid, g.name, g.size):
-                    d.upto = g.index + 1
-                    continue
-                self._prefetching += cost
-                self.background.start_soon(self._prefetch, g, cost, self.prefetch_limiter)
-                d.upto = g.index + 1
-        elif d.scattered >= SCATTERED and d.fetched and self.cache is not None and self.background is not None:
-            started = 0
-            while d.warmed < len(siblings) and started < WARM_PER_OPEN:
-                g = siblings[d.warmed]
-                if self._prefetching + g.size > PREFETCH_BUDGET:
-                    break
-                d.warmed += 1
-                if g.size > WHOLE_FILE or g is f or self._known(g, 0):
-                    continue
-                self._prefetching += g.size
-                self.background.start_soon(self._prefetch, g, g.size, self.warm_limiter)
-                started += 1
-        d.last = f.index
-        self._series[f.dir_id] = d
-        if len(self._series) > 4096:
-            self._series.popitem(last=False)
+        """Note that f was opened, and start the fetches of its siblings the series prefetch asks for."""
+        attached = self.background is not None
+        fetches = self.series.opened(
+            f,
+            siblings,
+            heads,
+            local,
+            last_read_whole=self.headers.partial == 0,
+            prefetch=attached,
+            warm=attached and self.cache is not None,
+            on_disk=self._held_whole,
+            known=lambda g: self._known(g, 0),
+        )
+        for fetch in fetches:
+            self.background.start_soon(self._prefetch, fetch)
+
+    def _held_whole(self, f: InstanceFile) -> bool:
+        return self.cache is not None and self.cache.has_whole(f.series.crdc_series_uuid, f.name, f.size)
 
     def _worth_fetching(self, f: InstanceFile) -> bool:
         """Not in the disk cache, and no other process sharing it is fetching it."""
@@ -538,19 +468,20 @@ class Reader:
             self.claims is None or self.claims.claim(_key(f, 0), CLAIM_SECONDS)
         )
 
-    async def _prefetch(self, f: InstanceFile, cost: int, limiter: trio.CapacityLimiter) -> None:
-        warming = limiter is self.warm_limiter
+    async def _prefetch(self, fetch: SiblingFetch) -> None:
+        f, warming = fetch.file, fetch.warm
+        limiter = self.warm_limiter if warming else self.prefetch_limiter
         try:
             failpoint("warm" if warming else "prefetch")  # outside the handler below: the boundary's to catch
             try:
                 if warming and not await trio.to_thread.run_sync(self._worth_fetching, f, limiter=self.disk):
                     return
-                if cost < f.size:
+                if fetch.cost < f.size:
                     await self._head(f, limiter)
                 else:
-                    await self._blocks(f, range(_nblocks(f)), [], limiter)
+                    await self._blocks(f, range(nblocks(f)), [], limiter)
                 self.prefetched_files += 1
             except Exception as e:  # a demand read will try again and report it
                 log.debug("prefetch of %s: %s", f.key, e)
         finally:
-            self._prefetching -= cost
+            self.series.ended(fetch)

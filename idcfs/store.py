@@ -159,6 +159,7 @@ class ObjectInfo:
 
 
 DEFAULT_TIMEOUT = 30.0
+MAX_GET = 8 << 20  # the largest ranged GET: readahead windows and `idcfs prefetch` downloads are cut in these
 ATTEMPTS = 3  # per provider, within its deadline: a body that is short, long or differs from its MD5 is fetched again
 
 
