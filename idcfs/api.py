@@ -6,8 +6,9 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class MountFailed(RuntimeError):
@@ -15,50 +16,28 @@ class MountFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def mounted(
-    mountpoint: str | os.PathLike,
-    *,
-    filter: str | None = None,
-    manifest: str | os.PathLike | None = None,
-    collections: Sequence[str] = (),
-    template: str | None = None,
-    layout: str | None = None,
-    source: str = "aws",
-    s3_endpoint: str | None = None,
-    gcs_endpoint: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    cache_size: str | None = None,
-    timeout: float | None = None,
-) -> Iterator[Path]:
+def mounted(mountpoint: str | os.PathLike, **options: Any) -> Iterator[Path]:
     """Mount IDC at `mountpoint` in a background daemon, yield its root, unmount on exit.
 
-    The arguments are those of `idcfs mount` (see `idcfs mount --help`). A missing mountpoint is
-    created, and removed again on exit. The daemon is a separate process, so the mount works from a
-    notebook and survives forks of the caller (DataLoader workers read it as plain files).
+    Options are those of `idcfs mount`, as keywords (see idcfs.options.Options): filter, manifest,
+    collections, licenses, idc_version, template or layout, source, s3_endpoint, gcs_endpoint, index,
+    cache_dir, cache_size, memory, timeout, passthrough, allow_other. A bad one raises ValueError before
+    anything is mounted; a mount that fails raises MountFailed. A missing mountpoint is created, and
+    removed again on exit. The daemon is a separate process, so the mount works from a notebook and
+    survives forks of the caller (DataLoader workers read it as plain files).
 
         with idcfs.mounted("/tmp/idc", filter="collection_id = 'rider_pilot'") as root:
             files = sorted(root.rglob("*.dcm"))
     """
+    from .errors import as_keyword
+    from .options import Options
+
+    flags = Options.make(as_keyword, **options).to_argv()
     root = Path(os.path.abspath(os.path.expanduser(mountpoint)))
     created = not root.exists()
     if created:
         root.mkdir(parents=True)
-    args = [str(root), "--source", source]
-    for flag, value in (
-        ("--filter", filter),
-        ("--manifest", manifest),
-        ("--template", template),
-        ("--layout", layout),
-        ("--s3-endpoint", s3_endpoint),
-        ("--gcs-endpoint", gcs_endpoint),
-        ("--cache-dir", cache_dir),
-        ("--cache-size", cache_size),
-        ("--timeout", timeout),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
-    for c in collections:
-        args += ["--collection", c]
+    args = [str(root), *flags, "--terms", "keywords"]
     r = subprocess.run([sys.executable, "-m", "idcfs", "mount", *args], capture_output=True, text=True)
     if r.returncode != 0:
         if created:

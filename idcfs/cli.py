@@ -15,14 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import UsageError, as_flag, as_keyword
+from .options import DEFAULT_CACHE_SIZE, Options, default_cache_dir
+
 log = logging.getLogger("idcfs")
 
 EXIT_USAGE = 2
 WARM_LISTS_UP_TO = 2000  # series; a larger mount (the whole index, browsed) loads the LIST client on its first LIST
-
-
-class UsageError(ValueError):
-    """Bad input: the message says what to fix."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,30 +29,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _argument_type(parse):
+    """An options value parser as an argparse type: argparse prints only ArgumentTypeError's message."""
+
+    def parsed(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parsed.__name__ = parse.__name__
+    return parsed
+
+
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 1 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 600 seconds")
-    return value
+    from .options import seconds
 
-
-def _default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("IDCFS_CACHE_DIR") or platformdirs.user_cache_dir("idcfs"))
+    return _argument_type(seconds)(text)
 
 
 def _release(text: str) -> int:
-    try:
-        value = int(text.lower().removeprefix("v"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IDC release number, e.g. 18 or v18") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not an IDC release: releases count from 1")
-    return value
+    from .options import release
+
+    return _argument_type(release)(text)
 
 
 def _add_selection_flags(p: argparse.ArgumentParser, verb: str) -> None:
@@ -85,16 +83,21 @@ def _has_selection(args) -> bool:
     return any(v is not None for v in given) or bool(args.collection or args.license)
 
 
-def _selection(args):
-    from .namespace import Selection
+def _options(args, *names: str, create_cache_dir: bool = True) -> Options:
+    """The Options of a command: the selection flags, and `names` (other Options fields) where the command
+    has them. Endpoints not given are taken from IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT."""
+    from .options import SELECTION
 
-    return Selection(
-        filter=args.filter,
-        collections=tuple(args.collection),
-        manifest=args.manifest,
-        licenses=tuple(args.license),
-        idc_version=args.idc_version,
-    )
+    spell = as_keyword if getattr(args, "terms", "flags") == "keywords" else as_flag
+    given = {
+        "filter": args.filter,
+        "manifest": args.manifest,
+        "collections": tuple(args.collection),
+        "licenses": tuple(args.license),
+        "idc_version": args.idc_version,
+    }
+    given |= {name: getattr(args, name) for name in names}
+    return Options.make(spell, allowed=(*SELECTION, *names), create_cache_dir=create_cache_dir, **given)
 
 
 class _Version(argparse.Action):
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--cache-size",
-        default="10G",
+        default=DEFAULT_CACHE_SIZE,
         metavar="SIZE",
         help="cap of the block cache, e.g. 500M, 10G, 2T; 0 turns it off (default 10G)",
     )
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     m.add_argument("--fsname", default="idcfs", help=argparse.SUPPRESS)  # the source in /proc/mounts (mount.idcfs)
+    # idcfs.mounted: messages name options as Python keywords, as its caller wrote them
+    m.add_argument("--terms", choices=("flags", "keywords"), default="flags", help=argparse.SUPPRESS)
 
     u = sub.add_parser("unmount", help="unmount an idcfs mount", description="Unmount an idcfs mount.")
     u.add_argument("mountpoint", type=Path)
@@ -284,66 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
 # mount
 
 
-def _check_url(name: str, url: str | None) -> None:
-    if url is None:
-        return
-    from .store import endpoint_problem
-
-    problem = endpoint_problem(url)
-    if problem:
-        raise UsageError(f"bad {name} {url!r}: {problem} (e.g. http://127.0.0.1:9000)")
+# Origins and cache: what mount and prefetch take besides the selection.
+_ORIGIN = ("source", "s3_endpoint", "gcs_endpoint", "index", "cache_dir", "timeout")
+_MOUNT = (*_ORIGIN, "template", "layout", "cache_size", "memory", "passthrough", "allow_other")
 
 
-def _check_cache_dir(path: Path) -> Path:
-    path = Path(os.path.abspath(os.path.expanduser(path)))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # A probe of its own: threads of one process may check the same directory at once.
-        probe = path / f".write-test-{os.getpid()}-{threading.get_ident()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(
-            f"cache directory {path} is not usable ({e.strerror or e}): pass a writable --cache-dir"
-        ) from None
-    return path
-
-
-def _size_arg(flag: str, text: str, minimum_mb: int, zero_turns_off: str | None = None) -> int:
-    """A size flag's value in bytes; 0 is allowed only when it turns something off."""
-    from .cache import parse_size
-
-    try:
-        size = parse_size(text)
-    except ValueError as e:
-        raise UsageError(f"{flag}: {e}") from None
-    if size < minimum_mb << 20 and not (size == 0 and zero_turns_off):
-        hint = f" (0 turns {zero_turns_off} off)" if zero_turns_off else ""
-        raise UsageError(f"{flag} {text} is below the minimum of {minimum_mb}M{hint}")
-    return size
-
-
-def _validate_origin_args(args) -> None:
-    """Endpoints, cache directory, index and manifest: shared by mount and prefetch."""
-    for attr, env in (("s3_endpoint", "IDCFS_S3_ENDPOINT"), ("gcs_endpoint", "IDCFS_GCS_ENDPOINT")):
-        name = "--" + attr.replace("_", "-")
-        if getattr(args, attr) is None and os.environ.get(env):  # an empty variable counts as unset
-            setattr(args, attr, os.environ[env])
-            name = env
-        _check_url(name, getattr(args, attr))
-    args.cache_dir = _check_cache_dir(args.cache_dir or _default_cache_dir())
-    if args.index is not None and not args.index.is_file():
-        raise UsageError(f"--index {args.index} is not a file")
-    if args.manifest is not None and not args.manifest.is_file():
-        raise UsageError(f"--manifest {args.manifest} is not a file")
-
-
-def _validate_mount_args(args) -> None:
+def _validate_mount_args(args) -> Options:
+    """The mount's Options, and its own flags checked (log file, name, mountpoint)."""
     from .mount import MountError, check_mountpoint
 
-    _validate_origin_args(args)
-    args.cache_size = _size_arg("--cache-size", args.cache_size, 64, zero_turns_off="the block cache")
-    args.memory = _size_arg("--memory", args.memory, 16)
+    options = _options(args, *_MOUNT)
+    args.cache_dir = options.cache_dir
     if args.log_file is not None:
         args.log_file = Path(os.path.abspath(os.path.expanduser(args.log_file)))
         try:
@@ -357,6 +313,7 @@ def _validate_mount_args(args) -> None:
         args.mountpoint = check_mountpoint(args.mountpoint)
     except MountError as e:
         raise UsageError(str(e)) from None
+    return options
 
 
 def _daemonize(argv: list[str], args) -> int:
@@ -383,7 +340,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     _setup_logging(args.log_level)
     pipe = Pipe(args.ready_fd)
     try:
-        _validate_mount_args(args)
+        options = _validate_mount_args(args)
     except UsageError as e:
         pipe.usage(str(e))
         print(f"idcfs: error: {e}", file=sys.stderr)
@@ -391,7 +348,7 @@ def cmd_mount(args, argv: list[str]) -> int:
     if not args.foreground:
         return _daemonize(argv, args)
     try:
-        return _serve_mount(args, pipe)
+        return _serve_mount(options, args, pipe)
     except Exception as e:  # the cause goes to `idcfs mount` in one line, the traceback to the log
         log.exception("mount failed")
         cause = f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -400,42 +357,39 @@ def cmd_mount(args, argv: list[str]) -> int:
         return 1
 
 
-def _serve_mount(args, pipe) -> int:
-    from .namespace import Namespace, SelectionError, template_for
-    from .store import ObjectStore, drop_credentials
-
+def _serve_mount(options: Options, args, pipe) -> int:
     t0 = time.monotonic()
-    drop_credentials()
-    store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint, timeout=args.timeout)
+    store = options.store()
     probes = _probe_origins(store)
     # The GET clients are built while the tree loads, not on the first read.
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
     pipe.phase("loading the tree from the index")
     try:
-        index = args.index or _default_index()
-        template = template_for(args.template, args.layout)
-        ns = Namespace(index, template, _selection(args), cache_dir=args.cache_dir)
-    except SelectionError as e:
+        index = options.index_path()
+        ns = options.namespace()
+    except UsageError as e:
         pipe.usage(str(e))
         print(f"idcfs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     log.info("namespace: %d series, %d directories in %.2fs", ns.num_series, ns.num_dirs, time.monotonic() - t0)
 
-    from .cache import CacheDir
-    from .engine import Engine
     from .fs import IdcOperations
     from .mount import notify_systemd, serve
+    from .options import build_engine
 
-    pipe.phase(f"opening the cache directory {args.cache_dir}")
+    pipe.phase(f"opening the cache directory {options.cache_dir}")
     try:
-        cache = CacheDir(args.cache_dir, args.cache_size or None, blocks=args.cache_size > 0)
+        cache = options.cache()
     except Exception as e:  # a damaged SQLite file, a full disk at start
-        msg = f"cache directory {args.cache_dir} is not usable ({e}): pass another --cache-dir or delete it"
+        msg = (
+            f"cache directory {options.cache_dir} is not usable ({e}): "
+            f"pass another {options.spell('cache_dir')} or delete it"
+        )
         pipe.usage(msg)
         print(f"idcfs: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     pipe.phase("waiting for the origins to answer")
-    problem = _origin_problem(store, probes, explicit={"aws": args.s3_endpoint, "gcs": args.gcs_endpoint})
+    problem = _origin_problem(store, probes, explicit={"aws": options.s3_endpoint, "gcs": options.gcs_endpoint})
     if problem and cache.meta.has_listings():  # offline use: what was listed before is served from the cache
         log.warning("%s; serving what the cache holds", problem)
     elif problem:
@@ -444,11 +398,11 @@ def _serve_mount(args, pipe) -> int:
         print(f"idcfs: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     mtime_ns = int(Path(index).stat().st_mtime) * 1_000_000_000
-    engine = Engine(ns, store, cache, memory=args.memory)
-    ops = IdcOperations(engine, mtime_ns=mtime_ns, passthrough=args.passthrough == "auto")
+    engine = build_engine(options, ns, store, cache)
+    ops = IdcOperations(engine, mtime_ns=mtime_ns, passthrough=options.passthrough == "auto")
 
     def warm_lists():  # a cohort with series never listed: load the LIST client now, not on the first `ls`
-        if engine.listings.will_list(WARM_LISTS_UP_TO):
+        if engine.will_list(WARM_LISTS_UP_TO):
             store.warm_lists()
 
     threading.Thread(target=warm_lists, name="warm-lists", daemon=True).start()
@@ -466,7 +420,7 @@ def _serve_mount(args, pipe) -> int:
 
     pipe.phase(f"mounting {args.mountpoint} with FUSE")
     try:
-        serve(ops, args.mountpoint, on_ready=ready, allow_other=args.allow_other, fsname=args.fsname)
+        serve(ops, args.mountpoint, on_ready=ready, allow_other=options.allow_other, fsname=args.fsname)
     except RuntimeError as e:  # pyfuse3.init failure
         pipe.failed(f"cannot mount {args.mountpoint}: {e}")
         print(f"idcfs: error: cannot mount {args.mountpoint}: {e}", file=sys.stderr)
@@ -520,20 +474,6 @@ def _origin_problem(store, probes: dict, explicit: dict) -> str | None:
         tried = "; ".join(f"{p.endpoint}: {reasons[p.name]}" for p in store.providers)
         return f"no origin answers ({tried}): check the network, or pass --s3-endpoint/--gcs-endpoint"
     return None
-
-
-def _default_index() -> Path:
-    """idc-index-data's index. Found beside the package without importing it where it is installed as files:
-    the import (it resolves every file of its distribution) took 80 ms of every mount's start."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("idc_index_data")
-    for place in (spec.submodule_search_locations or []) if spec else []:
-        if (found := Path(place) / "idc_index.parquet").is_file():
-            return found
-    import idc_index_data
-
-    return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
 
 
 def cmd_unmount(args) -> int:
@@ -594,7 +534,7 @@ def cmd_cache(args) -> int:
 
     from .cache import CacheDir
 
-    root = Path(os.path.abspath(os.path.expanduser(args.cache_dir or _default_cache_dir())))
+    root = Path(os.path.abspath(os.path.expanduser(args.cache_dir or default_cache_dir())))
     if not root.is_dir():
         print(f"idcfs: error: no cache directory at {root} (pass --cache-dir)", file=sys.stderr)
         return EXIT_USAGE
@@ -636,19 +576,14 @@ def cmd_prefetch(args) -> int:
             return EXIT_USAGE
         summary = warm_paths(args.paths, args.jobs, progress=not args.quiet)
     else:
-        from .cache import CacheDir
-        from .namespace import Namespace, SelectionError
-        from .store import ObjectStore, drop_credentials
-
         try:
-            _validate_origin_args(args)
-            ns = Namespace(args.index or _default_index(), selection=_selection(args), cache_dir=args.cache_dir)
-        except (UsageError, SelectionError) as e:
+            options = _options(args, *_ORIGIN)
+            ns = options.namespace()
+        except UsageError as e:
             print(f"idcfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        drop_credentials()
-        store = ObjectStore(args.source, args.s3_endpoint, args.gcs_endpoint, timeout=args.timeout)
-        cache = CacheDir(args.cache_dir)
+        store = options.store()
+        cache = options.cache()  # the cap the last mount set
         try:
             summary = warm_series(cache, store, ns.all_series(), args.jobs, progress=not args.quiet)
         finally:
@@ -665,13 +600,13 @@ def cmd_prefetch(args) -> int:
 def cmd_sandbox(args) -> int:
     _setup_logging("INFO")
     try:
-        from .sandbox import run_sandbox
+        from .testing.sandbox import run_sandbox
     except ImportError as e:
         print(
             f"idcfs: error: the sandbox needs extra packages ({e.name}): pip install 'idcfs[sandbox]'", file=sys.stderr
         )
         return EXIT_USAGE
-    return run_sandbox(args.dir or _default_cache_dir() / "sandbox", args.s3_port, args.gcs_port, args.state)
+    return run_sandbox(args.dir or default_cache_dir() / "sandbox", args.s3_port, args.gcs_port, args.state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -689,11 +624,48 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_prefetch(args)
     if args.command == "sandbox":
         return cmd_sandbox(args)
-    if args.command in ("info", "cite"):
-        from . import info
+    if args.command == "info":
+        from .info import print_paths
 
-        if getattr(args, "manifest", None) is not None and not args.manifest.is_file():
-            print(f"idcfs: error: --manifest {args.manifest} is not a file", file=sys.stderr)
-            return EXIT_USAGE
-        return info.cmd_info(args) if args.command == "info" else info.cmd_cite(args)
+        return print_paths(args.paths, as_json=args.json)
+    if args.command == "cite":
+        return cmd_cite(args)
     return EXIT_USAGE
+
+
+def cmd_cite(args) -> int:
+    from .info import cite
+
+    options = None
+    if _has_selection(args):
+        try:  # the sorted selection is kept in the cache directory, as mounts keep it
+            options = _options(args, "index", create_cache_dir=False)
+        except UsageError as e:
+            print(f"idcfs: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    return cite(args.paths, options, args.format)
+
+
+def mount_helper(argv: list[str] | None = None) -> int:
+    """mount.idcfs and mount.fuse.idcfs, the mount(8) helpers (see fstab.py)."""
+    from .fstab import OptionError, mount_argv
+    from .fstab import build_parser as helper_parser
+
+    parser = helper_parser()
+    parser.error = lambda message: parser.exit(EXIT_USAGE, f"mount.idcfs: error: {message}\n")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.namespace is not None:
+        print("mount.idcfs: error: -N (mount in another namespace) is not supported", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        command = mount_argv(args.spec, args.mountpoint, args.options, sloppy=args.sloppy)
+    except OptionError as e:
+        print(f"mount.idcfs: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.fake:
+        build_parser().parse_args(command)  # exits 2 on a bad value, as the mount would
+    if args.verbose or args.fake:
+        import shlex
+
+        print("idcfs " + shlex.join(command), file=sys.stderr)
+    return 0 if args.fake else main(command)

@@ -13,22 +13,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .options import SELECTION, TREE
+
 __all__ = ["Cohort"]
 
 PROTOCOL = "idc://"
 LIST_THREADS = 16  # a LIST takes ~0.1 s of waiting: list series directories in parallel
 # Options of idcfs.Index: a mount's selection is described by these alone.
-_SELECTION = (
-    "filter",
-    "manifest",
-    "collections",
-    "licenses",
-    "idc_version",
-    "template",
-    "layout",
-    "index",
-    "cache_dir",
-)
+_SELECTION = (*SELECTION, *TREE)
 
 
 class Cohort:

@@ -1,14 +1,15 @@
 """The tree, its listings and the read path wired together over one store and cache directory.
 
-Both front ends use it: the FUSE adapter (fs.py) by inode, the fsspec `idc://`
-protocol (spec.py) by path. Everything here is async and runs in one trio run;
-background fetches, cache writes and counter flushes go in the nursery given
-to attach().
+Both front ends use it, through its methods only: the FUSE adapter (fs.py) by
+inode, the fsspec `idc://` protocol (fsspec.py) by path. options.build_engine
+makes one. Everything here is async and runs in one trio run; background
+fetches, cache writes and counter flushes go in the nursery given to attach().
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import trio
 
@@ -55,6 +56,27 @@ class Engine:
         self.flush_counters()
         if self.cache is not None:
             self.cache.close()
+
+    def adopting(self, parent: Engine) -> Engine:
+        """This engine, knowing the listings of the engine it was forked from (see Listings.adopt)."""
+        self.listings.adopt(parent.listings)
+        return self
+
+    def will_list(self, series: int) -> bool:
+        """Some series of a tree of at most this many series was never listed (see Listings.will_list)."""
+        return self.listings.will_list(series)
+
+    @property
+    def instance_files(self) -> Path | None:
+        """The cache directory holding whole instances as plain files (FUSE passthrough hands them to the
+        kernel), or None without one (--cache-size 0)."""
+        c = self.cache
+        return c.root if c is not None and c.files is not None else None
+
+    async def stored(self) -> None:
+        """Wait until what was fetched is written to the cache directory (or given up)."""
+        while self.reader.unstored:
+            await trio.sleep(0.05)
 
     # -- the tree by name
 

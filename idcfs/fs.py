@@ -21,10 +21,10 @@ import trio
 
 from .cache import BLOCK_SIZE, WHOLE_FILE
 from .engine import Engine, Node
+from .errors import errno_of, expected
 from .listing import InstanceFile
 from .passthrough import Passthrough, stacked_filesystem
 from .readpath import OpenFile
-from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def _boundary(fn):
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except StoreError as e:
-            log.warning("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s%r failed", fn.__name__, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:  # the errno table idc:// uses too
+            if expected(e):
+                log.warning("%s: %s", fn.__name__, e)
+            else:
+                log.exception("%s%r failed", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno_of(e)) from None
 
     return wrapper
 
@@ -66,11 +66,11 @@ class IdcOperations(pyfuse3.Operations):
     def __init__(self, engine: Engine, mtime_ns: int, passthrough: bool = True):
         super().__init__()
         self.engine = engine
-        files = engine.cache is not None and engine.cache.files is not None
+        files = engine.instance_files
         self.passthrough = Passthrough(passthrough, None if files else "no instance files (--cache-size 0)")
         # Read by the patched pyfuse3 at FUSE init (`make passthrough`); the stock one ignores them.
         self.enable_passthrough = self.passthrough.wanted
-        self.passthrough_stacked_over = self.passthrough.wanted and stacked_filesystem(engine.cache.root)
+        self.passthrough_stacked_over = self.passthrough.wanted and stacked_filesystem(files)
         self.ns = engine.ns
         self.mtime_ns = mtime_ns
         self.uid, self.gid = os.getuid(), os.getgid()

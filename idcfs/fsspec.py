@@ -25,14 +25,14 @@ import logging
 import multiprocessing.util
 import os
 import threading
-from pathlib import Path
 
 import trio
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from .engine import Engine, Node
+from .errors import as_keyword, as_oserror, expected
 from .listing import InstanceFile
-from .store import StoreError
+from .options import DEFAULT_CACHE_SIZE, MOUNT_ONLY, Options, build_engine
 
 READ_BLOCK = 16 << 10  # buffered reads fetch at least this much, as the mount's st_blksize does
 DRAIN_SECONDS = 10.0
@@ -85,10 +85,15 @@ class _Loop:
     def call(self, afn, *args):
         try:
             return trio.from_thread.run(afn, *args, trio_token=self._token)
-        except StoreError as e:
-            raise OSError(errno.EIO, str(e)) from None
         except trio.RunFinishedError:
             raise OSError(errno.EIO, "the idc:// engine has stopped") from None
+        except Exception as e:  # the errno table the mount uses too
+            if not expected(e):
+                log.exception("idc:// engine call failed")
+            error = as_oserror(e)
+            if error is e:
+                raise
+            raise error from None
 
     def call_sync(self, fn, *args):
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
@@ -152,8 +157,7 @@ class _Loop:
 
     async def _drain(self) -> None:
         with trio.move_on_after(DRAIN_SECONDS):
-            while self.engine.reader.unstored:
-                await trio.sleep(0.05)
+            await self.engine.stored()
 
 
 _lock = threading.Lock()
@@ -182,17 +186,6 @@ def _to_read_only(*_, **__):
     raise OSError(errno.EROFS, "idc:// is read-only")
 
 
-def _release_option(value) -> int:
-    import argparse
-
-    from .cli import _release
-
-    try:
-        return _release(str(value))
-    except argparse.ArgumentTypeError as e:
-        raise ValueError(f"idc_version: {e}") from None
-
-
 # Options fsspec's own machinery passes to every filesystem.
 FSSPEC_OPTIONS = {"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"}
 
@@ -200,119 +193,32 @@ FSSPEC_OPTIONS = {"use_listings_cache", "listings_expiry_time", "max_paths", "as
 class IdcFileSystem(AbstractFileSystem):
     """IDC as an fsspec filesystem: collection/patient/study/series/instance, read-only.
 
-    Options (all keyword, as the `idcfs mount` flags): source ("aws" or "gcs"), s3_endpoint,
-    gcs_endpoint (default: the env vars IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT, then the public
+    Options (all keyword, as the `idcfs mount` flags; see idcfs.options.Options): source ("aws" or "gcs"),
+    s3_endpoint, gcs_endpoint (default: the env vars IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT, then the public
     buckets), filter (SQL WHERE over the index), manifest, collections, licenses (license_short_name
     values or "commercial"), idc_version (an earlier release), template or layout ("idc", "readable"),
-    index (parquet), cache_dir,
-    cache_size ("10G"; "0" turns the block cache off), memory ("256M"), timeout (30 s).
-    Bad options raise ValueError with the message `idcfs mount` would print.
+    index (parquet), cache_dir, cache_size ("10G"; "0" turns the block cache off), memory ("256M"),
+    timeout (30 s). Bad options raise ValueError naming the option as given here.
     """
 
     protocol = "idc"
     root_marker = ""
 
-    def __init__(
-        self,
-        *,
-        source: str = "aws",
-        s3_endpoint: str | None = None,
-        gcs_endpoint: str | None = None,
-        filter: str | None = None,
-        manifest: str | os.PathLike | None = None,
-        collections: tuple[str, ...] | list[str] = (),
-        licenses: str | tuple[str, ...] | list[str] = (),
-        idc_version: int | None = None,
-        template: str | None = None,
-        layout: str | None = None,
-        index: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        cache_size: str = "10G",
-        memory: str = "256M",
-        timeout: float = 30.0,
-        **kwargs,
-    ):
-        unknown = sorted(set(kwargs) - FSSPEC_OPTIONS)
-        if unknown:  # a misspelt option would otherwise select the whole index without a word
-            import difflib
-            import inspect
-
-            known = [p for p in inspect.signature(IdcFileSystem.__init__).parameters if p not in ("self", "kwargs")]
-            near = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f"did you mean {near[0]!r}?" if near else f"give one of {', '.join(known)}"
-            raise ValueError(f"unknown option {unknown[0]!r}: {hint}")
-        super().__init__(**kwargs)
-        from .cli import _check_cache_dir, _check_url, _default_cache_dir, _default_index, _size_arg
-        from .namespace import template_for
-
-        if source not in ("aws", "gcs"):
-            raise ValueError(f"bad source {source!r}: give 'aws' or 'gcs'")
-        s3_endpoint = s3_endpoint or os.environ.get("IDCFS_S3_ENDPOINT") or None
-        gcs_endpoint = gcs_endpoint or os.environ.get("IDCFS_GCS_ENDPOINT") or None
-        _check_url("s3_endpoint", s3_endpoint)
-        _check_url("gcs_endpoint", gcs_endpoint)
-        if not 1 <= float(timeout) <= 600:
-            raise ValueError(f"timeout {timeout} is out of range: give 1 to 600 seconds")
-        if manifest is not None and not Path(manifest).is_file():
-            raise ValueError(f"manifest {manifest} is not a file")
-        self._options = (
-            source,
-            s3_endpoint,
-            gcs_endpoint,
-            filter,
-            str(Path(manifest).resolve()) if manifest is not None else None,
-            tuple(collections),
-            (licenses,) if isinstance(licenses, str) else tuple(licenses),
-            None if idc_version is None else _release_option(idc_version),
-            template_for(template, layout),
-            str(Path(index or _default_index()).resolve()),
-            str(_check_cache_dir(Path(cache_dir) if cache_dir is not None else _default_cache_dir())),
-            _size_arg("cache_size", str(cache_size), 64, zero_turns_off="the block cache"),
-            _size_arg("memory", str(memory), 16),
-            float(timeout),
-        )
+    def __init__(self, **options):
+        ours = {k: v for k, v in options.items() if k not in FSSPEC_OPTIONS}
+        super().__init__(**{k: v for k, v in options.items() if k in FSSPEC_OPTIONS})
+        ours.setdefault("cache_size", DEFAULT_CACHE_SIZE)
+        allowed = [name for name in Options.names() if name not in MOUNT_ONLY]
+        self._options = Options.make(as_keyword, allowed=allowed, **ours)
         self._loop()  # build now: a bad filter or manifest fails here, not on first read
 
     def _build(self) -> Engine:
-        from .cache import CacheDir
-        from .namespace import Namespace, Selection
-        from .store import ObjectStore, drop_credentials
-
-        (
-            source,
-            s3,
-            gcs,
-            filt,
-            manifest,
-            collections,
-            licenses,
-            idc_version,
-            template,
-            index,
-            cache_dir,
-            cache_size,
-            memory,
-            timeout,
-        ) = self._options
-        drop_credentials()
         parent = _inherited.get(self._options)
         if parent is not None and parent.engine is not None:
-            ns = parent.engine.ns  # a forked worker reuses the parent's tree (copy-on-write), not its threads
-        else:
-            selection = Selection(
-                filter=filt,
-                collections=collections,
-                manifest=Path(manifest) if manifest else None,
-                licenses=licenses,
-                idc_version=idc_version,
-            )
-            ns = Namespace(Path(index), template, selection, cache_dir=Path(cache_dir))
-        store = ObjectStore(source, s3, gcs, timeout=timeout)
-        cache = CacheDir(Path(cache_dir), cache_size or None, blocks=cache_size > 0)
-        engine = Engine(ns, store, cache, memory=memory)
-        if parent is not None and parent.engine is not None:
-            engine.listings.adopt(parent.engine.listings)  # paths the parent listed resolve with no hop
-        return engine
+            # A forked worker reuses the parent's tree (copy-on-write), not its threads, and the paths the
+            # parent listed resolve with no hop.
+            return build_engine(self._options, parent.engine.ns).adopting(parent.engine)
+        return build_engine(self._options)
 
     def _loop(self) -> _Loop:
         key = (os.getpid(), self._options)

@@ -1,7 +1,8 @@
 """mount.idcfs: the mount(8) helper, so that /etc/fstab entries and `mount -t fuse.idcfs` work.
 
 For type `fuse.idcfs` mount(8) runs `/sbin/mount.fuse.idcfs SPEC DIR [-sfnv] [-o OPTIONS]` (for type
-`idcfs`, `/sbin/mount.idcfs`); both are links to this entry point. OPTIONS are `idcfs mount` flags
+`idcfs`, `/sbin/mount.idcfs`); both are links to the script `mount.idcfs` (idcfs.cli.mount_helper), which
+takes its arguments here and runs `idcfs mount` with the flags mount_argv makes of them. OPTIONS are `idcfs mount` flags
 written the fstab way, `cache_dir=/var/cache/idcfs,source=gcs,allow_other`. In /etc/fstab a space in a
 value is written `\\040`, and a value holding commas is put in double quotes. SPEC is the name the mount
 shows in /proc/mounts (`idc`). mount(8) adds generic options (rw, nosuid, ...) and passes userspace ones
@@ -12,34 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+from dataclasses import fields
 
-from .cli import EXIT_USAGE
-from .cli import build_parser as idcfs_parser
-from .cli import main as idcfs_main
+from .options import Options
 
-# fstab option -> `idcfs mount` flag. Options marked True may be repeated.
-VALUE_OPTIONS = {
-    "source": False,
-    "s3_endpoint": False,
-    "gcs_endpoint": False,
-    "template": False,
-    "layout": False,
-    "filter": False,
-    "manifest": False,
-    "collection": True,
-    "license": True,
-    "idc_version": False,
-    "index": False,
-    "cache_dir": False,
-    "cache_size": False,
-    "memory": False,
-    "passthrough": False,
-    "timeout": False,
-    "log_level": False,
-    "log_file": False,
-}
-FLAG_OPTIONS = {"allow_other"}
+# fstab option -> `idcfs mount` flag: the Options (collection and license, repeated, as their flags), and the
+# mount's logging. Options marked True may be repeated.
+_REPEATED = {"collections": "collection", "licenses": "license"}
+FLAG_OPTIONS = {f.name for f in fields(Options) if f.type in ("bool", bool)}
+VALUE_OPTIONS = {_REPEATED.get(name, name): name in _REPEATED for name in Options.names() if name not in FLAG_OPTIONS}
+VALUE_OPTIONS |= {"log_level": False, "log_file": False}
 # Options mount(8) adds or passes on that a read-only FUSE mount of idcfs takes as they are.
 GENERIC_OPTIONS = {
     "defaults", "ro", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
@@ -118,24 +101,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", dest="type", default=None, help="accepted (fuse.idcfs or idcfs)")
     p.add_argument("-N", dest="namespace", default=None, help=argparse.SUPPRESS)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.error = lambda message: parser.exit(EXIT_USAGE, f"mount.idcfs: error: {message}\n")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.namespace is not None:
-        print("mount.idcfs: error: -N (mount in another namespace) is not supported", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        command = mount_argv(args.spec, args.mountpoint, args.options, sloppy=args.sloppy)
-    except OptionError as e:
-        print(f"mount.idcfs: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.fake:
-        idcfs_parser().parse_args(command)  # exits 2 on a bad value, as the mount would
-    if args.verbose or args.fake:
-        import shlex
-
-        print("idcfs " + shlex.join(command), file=sys.stderr)
-    return 0 if args.fake else idcfs_main(command)

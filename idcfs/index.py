@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from .namespace import Namespace, Selection, _one_line, template_for
+from .errors import as_keyword
+from .namespace import Namespace
+from .options import SELECTION, TREE, Options
+from .selection import _one_line
 
 
 class Index:
@@ -24,37 +27,15 @@ class Index:
         ix.path("1.3.6.1.4.1.9328.50.1.2")      # SeriesInstanceUID (or crdc_series_uuid, StudyInstanceUID)
         ix.metadata("rider_pilot/RIDER-1129164940/1.3.6.../CT_1.3.6...")
 
-    Arguments are those of `idcfs mount`; bad ones raise ValueError with its message.
+    Options are those of `idcfs mount` that choose the tree (filter, manifest, collections, licenses,
+    idc_version, template or layout, index, cache_dir); a bad one raises ValueError naming it.
     Make an Index in the process that uses it: its duckdb connection does not survive fork.
     """
 
-    def __init__(
-        self,
-        *,
-        filter: str | None = None,
-        manifest: str | os.PathLike | None = None,
-        collections: Sequence[str] = (),
-        licenses: Sequence[str] = (),
-        idc_version: int | None = None,
-        template: str | None = None,
-        layout: str | None = None,
-        index: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        _namespace: Namespace | None = None,
-    ):
+    def __init__(self, *, _namespace: Namespace | None = None, **options: Any):
         if _namespace is None:
-            from .cli import _default_cache_dir, _default_index
-
-            selection = Selection(
-                filter=filter,
-                collections=tuple(collections),
-                manifest=Path(manifest) if manifest else None,
-                licenses=(licenses,) if isinstance(licenses, str) else tuple(licenses),
-                idc_version=idc_version,
-            )
-            cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-            template = template_for(template, layout)
-            _namespace = Namespace(Path(index or _default_index()), template, selection, cache)
+            allowed = (*SELECTION, *TREE)
+            _namespace = Options.make(as_keyword, allowed=allowed, create_cache_dir=False, **options).namespace()
         self.ns = _namespace
         # A connection of its own (a cursor): the engine's may be busy in another thread.
         self._con = _namespace._con.cursor()

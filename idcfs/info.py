@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .citations import IDC_PAPER, Source, bibtex, load_sources
+from .errors import UsageError
+from .options import Options
 
 PREFIX = "user.idc."
 
@@ -138,19 +140,20 @@ def print_info(info: dict) -> None:
         print(f"{k:<{width}}  {v}")
 
 
-def cmd_info(args) -> int:
+def print_paths(paths: list[Path], as_json: bool = False) -> int:
+    """`idcfs info`: each path's description on stdout (JSON lines with as_json), warnings on stderr."""
     status = 0
-    for path in args.paths:
+    for path in paths:
         try:
             info = describe(path)
         except NotInMount as e:
             print(f"idcfs: error: {e}", file=sys.stderr)
             status = 2
             continue
-        if args.json:
+        if as_json:
             print(json.dumps(info))
         else:
-            if len(args.paths) > 1:
+            if len(paths) > 1:
                 print()
             print_info(info)
         for w in info["warnings"]:
@@ -172,27 +175,21 @@ def _dois_of(path: Path) -> tuple[dict[str, int], str]:
     return {meta.get("source_DOI", ""): 1}, index
 
 
-def _dois_of_selection(args) -> tuple[dict[str, int], str]:
-    from .cli import _default_cache_dir, _default_index, _selection
-    from .namespace import Namespace
-
-    index = args.index or _default_index()
+def _dois_of_selection(options: Options) -> tuple[dict[str, int], str]:
     # The sorted selection is kept in the cache directory, as mounts keep it: the next cite or mount of it is quick.
-    ns = Namespace(index, selection=_selection(args), cache_dir=_default_cache_dir())
-    return {k or "": v for k, v in ns.counts(0, "source_DOI").items()}, str(index)
+    ns = options.namespace()
+    return {k or "": v for k, v in ns.counts(0, "source_DOI").items()}, str(options.index_path())
 
 
-def cmd_cite(args) -> int:
-    from .cli import _has_selection
-    from .namespace import SelectionError
-
+def cite(paths: list[Path], options: Options | None = None, fmt: str = "text") -> int:
+    """`idcfs cite`: the citations of the data under paths in a mount, and of a selection (options)."""
     counts: dict[str, int] = {}
     index = ""
     try:
-        found = [_dois_of(p) for p in args.paths]
-        if _has_selection(args):
-            found.append(_dois_of_selection(args))
-    except (NotInMount, SelectionError) as e:
+        found = [_dois_of(p) for p in paths]
+        if options is not None:
+            found.append(_dois_of_selection(options))
+    except (NotInMount, UsageError) as e:
         print(f"idcfs: error: {e}", file=sys.stderr)
         return 2
     if not found:
@@ -225,7 +222,7 @@ def cmd_cite(args) -> int:
         cited.append((IDC_PAPER, sum(counts.values())))
     taken: set[str] = set()
     for i, (src, n) in enumerate(cited, 1):
-        if args.format == "bibtex":
+        if fmt == "bibtex":
             entry, complete = bibtex(src, taken)
             print(entry + "\n")
             if not complete:
