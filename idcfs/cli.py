@@ -559,7 +559,7 @@ def cmd_cache(args) -> int:
 
 def cmd_prefetch(args) -> int:
     _setup_logging("WARNING")
-    from .prefetch import warm_paths, warm_series
+    from .prefetch import warm_paths, warm_selection
 
     if bool(args.paths) == _has_selection(args):
         what = ", not both" if args.paths else " (--manifest/--filter/--collection/--license/--idc-version)"
@@ -577,17 +577,10 @@ def cmd_prefetch(args) -> int:
         summary = warm_paths(args.paths, args.jobs, progress=not args.quiet)
     else:
         try:
-            options = _options(args, *_ORIGIN)
-            ns = options.namespace()
+            summary = warm_selection(_options(args, *_ORIGIN), args.jobs, progress=not args.quiet)
         except UsageError as e:
             print(f"idcfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        store = options.store()
-        cache = options.cache()  # the cap the last mount set
-        try:
-            summary = warm_series(cache, store, ns.all_series(), args.jobs, progress=not args.quiet)
-        finally:
-            cache.close()
     dt = time.monotonic() - t0
     print(
         f"prefetched {summary.files} files, {_fmt_bytes(summary.bytes)} in {dt:.1f}s "

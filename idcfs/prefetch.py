@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .cache import CacheDir, block_size
 from .listing import keep_listing, stored_listing
 from .namespace import Series
+from .options import Options
 from .store import MAX_GET, ObjectInfo, ObjectStore
 
 READ_CHUNK = 1 << 20
@@ -69,6 +70,18 @@ def warm_paths(paths: list[Path], jobs: int, progress: bool = True) -> Summary:
                 tqdm.write(f"idcfs: {fut.exception()}")
     bar.close()
     return summary
+
+
+def warm_selection(options: Options, jobs: int, progress: bool = True) -> Summary:
+    """`idcfs prefetch --manifest/--filter/...`: every file of the selected series into the cache directory
+    (UsageError for a bad selection), with the cap the last mount set."""
+    series = options.namespace().all_series()
+    store = options.store()
+    cache = options.cache()
+    try:
+        return warm_series(cache, store, series, jobs, progress)
+    finally:
+        cache.close()
 
 
 def warm_series(cache: CacheDir, store: ObjectStore, series: list[Series], jobs: int, progress=True) -> Summary:
