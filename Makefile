@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := idc-demo
 DEMO_STATE := .sandbox/state.json
 
-.PHONY: demo demo-stop test test-torch test-desktop test-ray wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
+.PHONY: demo demo-stop test test-unit test-torch test-desktop test-ray wheel-check lock lint bench bench-deps soak system-deps clean passthrough test-passthrough
 
 system-deps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null || ! command -v getfattr >/dev/null \
@@ -58,22 +58,27 @@ demo-stop:
 	-$(VENV)/bin/idcfs unmount $(DEMO_DIR)
 	-[ -f .sandbox/sandbox.pid ] && kill $$(cat .sandbox/sandbox.pid) && rm -f .sandbox/sandbox.pid
 
+# The tiers in order, cheapest first: unit (no servers, no FUSE), engine (the sandbox origin), mount (FUSE).
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check idcfs tests bench
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/engine tests/mount
+
+# Needs only the base install and pytest: the wheel check runs it on the wheel, with pytest added.
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 # idcfs.torch and MONAI on a mount and idc:// (make test skips them without torch). Pinned: torch's CPU build
 # (pip takes it from this machine's wheel directory; elsewhere PyPI's build), MONAI, and ITK for its ITKReader.
 TORCH_PINS := torch==2.13.0 monai==1.6.1 itk-core==5.4.7 itk-io==5.4.7
 test-torch: $(VENV)/.installed
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_torch.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/mount/test_torch.py
 
 # Ray Data over idc:// and a mount on a local 2-CPU Ray cluster (make test skips it without Ray). Pinned.
 RAY_PINS := ray[data]==2.60.0
 test-ray: $(VENV)/.installed
 	$(PY) -m pip install -q '$(RAY_PINS)'
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_ray.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/engine/test_ray.py tests/mount/test_ray.py
 
 # A person browsing: pcmanfm under Xvfb on readable mounts, screenshots checked (make test skips it without them).
 test-desktop: $(VENV)/.installed
@@ -83,13 +88,13 @@ test-desktop: $(VENV)/.installed
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 			pcmanfm xvfb xdotool imagemagick >/dev/null; \
 	fi
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_desktop.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/mount/test_desktop.py
 
 # The mount tests on the build of `make passthrough`, where the kernel reads cached instances itself.
 test-passthrough: $(VENV)/.installed
 	@$(PY) -c "import pyfuse3, sys; sys.exit(0 if hasattr(pyfuse3, 'backing_open') else 'run make passthrough first')"
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_passthrough.py tests/test_mount.py tests/test_cache.py \
-		tests/test_faults.py tests/test_background.py tests/test_readpath.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/mount/test_passthrough.py tests/mount/test_mount.py \
+		tests/mount/test_cache.py tests/mount/test_faults.py tests/mount/test_background.py tests/unit/test_readpath.py
 
 # idcfs as users install it: the wheel, no extras, the newest versions pyproject allows (pip), checked against
 # the sandbox origin; then the lowest versions (uv, lowest-direct), which proves the lower bounds.
@@ -113,7 +118,7 @@ bench: $(VENV)/.installed bench-deps
 
 # Reliability under load, about 15 minutes: 10,000 reads at 10% faults, then 32 readers for 10 minutes.
 soak: $(VENV)/.installed
-	IDCFS_FAULT_READS=10000 $(PY) -m pytest -q -p no:cacheprovider -s tests/test_faults.py -k ten_percent
+	IDCFS_FAULT_READS=10000 $(PY) -m pytest -q -p no:cacheprovider -s tests/mount/test_faults.py -k ten_percent
 	$(PY) -m bench.soak --minutes 10
 
 clean: demo-stop

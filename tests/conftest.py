@@ -1,4 +1,9 @@
-"""Fixtures: one sandbox origin (moto S3 + fake-gcs-server) per session, and real mounts made with the CLI."""
+"""Fixtures: one sandbox origin (moto S3 + fake-gcs-server) per session, and real mounts made with the CLI.
+
+The tiers: tests/unit needs the base install and pytest alone, tests/engine the sandbox (the test extra) but no
+FUSE, tests/mount real FUSE mounts. So that the unit tier imports, nothing here imports the sandbox (moto,
+pydicom, ...) or other test-extra packages at import time: the fixtures that need them import them.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,6 @@ from pathlib import Path
 
 import idc_index_data
 import pytest
-
-from idcfs.testing.sandbox import Sandbox
 
 INDEX = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
 
@@ -33,6 +36,8 @@ def idcfs(*args, check=False, env=None, timeout=120) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="session")
 def sandbox():
+    from idcfs.testing.sandbox import Sandbox
+
     sb = Sandbox(DATA_DIR)
     with sb as state:
         state.sandbox = sb
@@ -80,6 +85,16 @@ def mount(tmp_path, sandbox):
     m = Mounter(tmp_path, sandbox)
     yield m
     m.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs, for the test_ray.py modules (which skip without Ray)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

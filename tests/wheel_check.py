@@ -5,7 +5,8 @@ allows (what `pip install idcfs` gives a new user today; `--lowest` takes the lo
 prove the lower bounds), and checks there, byte for byte against the origin, that
   - the wheel carries what a user needs (py.typed, the entry points, the license),
   - `idcfs mount` (and `idcfs.mounted`, `mount.idcfs`) mounts and reads files,
-  - `idc://` works, `idcfs.Index` works, and `idcfs cite` works.
+  - `idc://` works, `idcfs.Index` works, and `idcfs cite` works,
+  - the unit tier (tests/unit) passes on it: it needs the base install and pytest alone (pytest is added).
 
 The locked test environment runs this file and the sandbox; the checks run in the fresh virtualenv
 (`--inside`), from outside the repository, so they see only what the wheel installed. When a check fails,
@@ -120,6 +121,14 @@ class Checks:
         assert Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).is_file(), "idc-index-data has no index file"
         return f"idcfs {idcfs.__version__} from {where.parent}"
 
+    def check_unit(self) -> str:
+        # importlib mode leaves the source tree off sys.path: the tests import the installed idcfs.
+        tests = REPO / "tests" / "unit"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib", tests]
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"pytest tests/unit exited {r.returncode}: {r.stdout[-3000:]}{r.stderr[-1000:]}"
+        return "tests/unit: " + r.stdout.strip().splitlines()[-1]
+
     def check_mount(self) -> str:
         mnt, cache = self._fresh("mnt"), self._fresh("cache-mount")
         _run(self.bin / "idcfs", "mount", mnt, "--cache-dir", cache, "--manifest", self.state["manifest"], *self.origin)
@@ -202,7 +211,7 @@ class Checks:
         return f"{len(self._dois())} source DOIs cited, in text and BibTeX"
 
 
-CHECKS = ("installed", "mount", "mounted_api", "fsspec", "index", "cite")
+CHECKS = ("installed", "unit", "mount", "mounted_api", "fsspec", "index", "cite")
 
 
 def inside(state_path: Path, work: Path, only: list[str]) -> int:
@@ -286,6 +295,10 @@ def _install(venv: Path, wheel: Path, lowest: bool, log) -> None:
     if r.returncode != 0:
         print(r.stdout[-3000:] + r.stderr[-3000:])
         raise SystemExit(f"wheel check FAILED: installing {wheel.name} failed (exit {r.returncode})")
+    # The unit tier's runner (check_unit), at the lock's version; nothing else beyond the wheel's requirements.
+    r = subprocess.run([python, "-m", "pip", "install", "-q", f"pytest=={_lock_versions()['pytest']}"], stdout=log)
+    if r.returncode != 0:
+        raise SystemExit(f"wheel check FAILED: installing pytest failed (exit {r.returncode})")
 
 
 def _run_inside(python: Path, state: Path, work: Path, only=(), quiet=False) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import time
 
 from idcfs.testing.sandbox import read_uncached
 
-from .conftest import idcfs, mount_stats, origin_files, series_dir, uuid_of
+from ..conftest import idcfs, mount_stats, origin_files, series_dir, uuid_of
 
 # name:times. load, store, head, prefetch and warm raise through the background boundary; fetch fails a
 # flight (its readers get EIO); touch and flush fail inside their own loops.

@@ -1,77 +1,22 @@
-"""Deployment: the mount(8) helper with real `mount -a` on a scratch fstab, the systemd unit (verified by
-systemd-analyze and run as systemd would run it, READY=1 included), and the container recipes' linters."""
+"""Deployment: the mount(8) helper with real `mount -a` on a scratch fstab, and the systemd unit run as systemd
+would run it, READY=1 included. Option parsing and `systemd-analyze verify`: tests/unit/test_deploy.py."""
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from idcfs.fstab import OptionError, mount_argv, split_options
+from ..conftest import by_modality, licenses_of, origin_files, read_all, uuid_of
+from ..unit.test_deploy import BIN, _unit_for_this_checkout
 
-from .conftest import REPO, by_modality, licenses_of, origin_files, read_all, uuid_of
-
-PACKAGING = REPO / "packaging"
-BIN = Path(sys.executable).parent
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) helpers and fstab mounts need root")
-
-
-# ---------------------------------------------------------------------------
-# Option parsing (no mount)
-
-
-def test_fstab_options_become_mount_flags():
-    opts = (
-        "rw,nosuid,nodev,noexec,_netdev,nofail,defaults,source=gcs,cache-dir=/var/cache/x,allow_other,"
-        "license=CC BY 4.0,license=commercial,collection=nlst,collection=4d_lung,"
-        "filter=\"Modality IN ('CT','MR') AND x = 'a,b'\",idc_version=v18,x-systemd.automount,comment=x"
-    )
-    assert mount_argv("idc", "/mnt/idc", opts) == [
-        "mount", "/mnt/idc", "--fsname", "idc",
-        "--source", "gcs", "--cache-dir", "/var/cache/x", "--allow-other",
-        "--license", "CC BY 4.0", "--license", "commercial", "--collection", "nlst", "--collection", "4d_lung",
-        "--filter", "Modality IN ('CT','MR') AND x = 'a,b'", "--idc-version", "v18",
-    ]  # fmt: skip
-    assert split_options('a="x,y",,b') == ['a="x,y"', "b"]
-    for bad, why in (
-        ("cache_size=1G,cache_size=2G", "given twice"),
-        ("frobnicate", "'frobnicate' (unknown)"),
-        ("allow_other=1", "takes no value"),
-        ("cache_dir", "takes a value"),
-        ('filter="a', "unbalanced double quote"),
-    ):
-        with pytest.raises(OptionError, match=re.escape(why)):
-            mount_argv("idc", "/m", bad)
-    assert mount_argv("idc", "/m", "frobnicate,ro", sloppy=True)[:4] == ["mount", "/m", "--fsname", "idc"]
-
-
-def test_system_mounts_default_to_var_cache(monkeypatch):
-    monkeypatch.delenv("IDCFS_CACHE_DIR", raising=False)
-    argv = mount_argv("idc", "/m", "ro")
-    if os.geteuid() == 0:
-        assert argv[-2:] == ["--cache-dir", "/var/cache/idcfs"]
-    else:
-        assert "--cache-dir" not in argv
-    assert mount_argv("idc", "/m", "cache_dir=/c").count("--cache-dir") == 1
-
-
-def test_helper_fake_and_bad_input(tmp_path):
-    helper = str(BIN / "mount.fuse.idcfs")
-    r = subprocess.run([helper, "idc", str(tmp_path), "-f", "-o", "rw,cache_size=2G"], capture_output=True, text=True)
-    assert r.returncode == 0 and "idcfs mount" in r.stderr and "--cache-size 2G" in r.stderr, r.stderr
-    for opts, expect in (("bogus", "unknown"), ("source=azure", "invalid choice: 'azure'")):
-        r = subprocess.run([helper, "idc", str(tmp_path), "-f", "-o", opts], capture_output=True, text=True)
-        assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not os.path.ismount(tmp_path)
 
 
 # ---------------------------------------------------------------------------
@@ -190,35 +135,8 @@ def test_mount_t_and_bad_options(helpers, sandbox, tmp_path):
 # systemd
 
 
-UNIT = PACKAGING / "idcfs@.service"
-
-
-def _unit_for_this_checkout(tmp_path: Path) -> Path:
-    """The unit with /usr/local/bin/idcfs replaced by this checkout's idcfs, named for one instance."""
-    d = tmp_path / "units"
-    d.mkdir()
-    text = UNIT.read_text().replace("/usr/local/bin/idcfs", str(BIN / "idcfs"))
-    (d / "idcfs@.service").write_text(text)
-    return d / "idcfs@.service"
-
-
 def _service_lines(unit: Path, key: str) -> list[str]:
     return [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(key + "=")]
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_unit_verifies(tmp_path):
-    unit = _unit_for_this_checkout(tmp_path)
-    instance = unit.with_name("idcfs@mnt-idc.service")
-    shutil.copy(unit, instance)
-    for u in (unit, instance):
-        r = subprocess.run(["systemd-analyze", "verify", str(u)], capture_output=True, text=True, cwd=u.parent)
-        assert r.returncode == 0 and not r.stderr.strip(), r.stderr
-    # A broken unit does fail, so the check above means something.
-    broken = unit.with_name("idcfs@broken.service")
-    broken.write_text(unit.read_text().replace("Type=notify", "Type=notifyy"))
-    r = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, cwd=unit.parent)
-    assert "Failed to parse service type" in r.stderr
 
 
 def _expand(command: str, mountpoint: Path, env: dict) -> list[str]:
@@ -278,58 +196,3 @@ def test_unit_mounts_on_start_and_unmounts_on_stop(sandbox, tmp_path):
             if main.poll() is None:
                 main.kill()
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-
-
-# ---------------------------------------------------------------------------
-# Container recipes: linted and schema-checked here; no Docker engine or cluster runs on this machine.
-
-
-def test_dockerfile_lints():
-    r = subprocess.run([str(BIN / "hadolint"), str(PACKAGING / "Dockerfile")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_dockerfile_build_stage_has_what_the_wheel_needs(tmp_path):
-    """The build stage's COPY lines, done by hand: the wheel builds from exactly what they copy."""
-    src = tmp_path / "src"
-    for line in (PACKAGING / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY ") and "--from" not in line:
-            *sources, dest = line.split()[1:]
-            for name in sources:
-                target = tmp_path / dest.lstrip("/") / (Path(name).name if dest.endswith("/") else "")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-                copy(REPO / name, target)
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheels"), str(src)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    import zipfile
-
-    (wheel,) = (tmp_path / "wheels").glob("idcfs-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the image's wheel has no LICENSE"
-    assert "idcfs/py.typed" in names
-
-
-def test_kubernetes_manifests_validate():
-    import yaml
-
-    files = sorted((PACKAGING / "kubernetes").glob("*.yaml"))
-    r = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *map(str, files)], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.count("passed") == len(files), r.stdout + r.stderr
-    ds = yaml.safe_load((PACKAGING / "kubernetes" / "idcfs-daemonset.yaml").read_text())
-    pod = yaml.safe_load((PACKAGING / "kubernetes" / "training-pod.yaml").read_text())
-    spec = ds["spec"]["template"]["spec"]
-    (c,) = spec["containers"]
-    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    mountpoint = c["args"][0]
-    assert c["securityContext"]["privileged"] and host["fuse"] == "/dev/fuse"
-    assert mounts[mountpoint]["mountPropagation"] == "Bidirectional" and host[mounts[mountpoint]["name"]] == mountpoint
-    assert c["lifecycle"]["preStop"]["exec"]["command"][:2] == ["idcfs", "unmount"]
-    (pv,) = pod["spec"]["volumes"]
-    (pm,) = pod["spec"]["containers"][0]["volumeMounts"]
-    assert pv["hostPath"]["path"] == mountpoint and pm["mountPropagation"] == "HostToContainer" and pm["readOnly"]

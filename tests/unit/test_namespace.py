@@ -22,7 +22,7 @@ from idcfs.namespace import (
     unescape,
 )
 
-from .conftest import INDEX, idcfs
+from ..conftest import INDEX, idcfs
 
 
 def walk(ns: Namespace, dir_id=0, prefix=()):

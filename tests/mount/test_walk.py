@@ -21,7 +21,7 @@ from idcfs.cache import MetaCache
 from idcfs.listing import HELD_FILES
 from idcfs.store import ObjectInfo
 
-from .conftest import INDEX, mount_stats, origin_files, series_dir
+from ..conftest import INDEX, mount_stats, origin_files, series_dir
 
 SERIES = 20_000
 FILES = 20  # per walked series: 400,000 files, three times what the daemon keeps listed (HELD_FILES)

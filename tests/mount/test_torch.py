@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from idcfs.store import GCS_MIRROR  # noqa: E402
 from idcfs.torch import Cohort, IdcInstances, IdcSeries, pixels  # noqa: E402
 
-from .conftest import by_modality, series_dir  # noqa: E402
+from ..conftest import by_modality, series_dir  # noqa: E402
 
 
 def _options(sandbox, cache_dir: Path) -> dict:

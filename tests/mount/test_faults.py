@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import signal
@@ -17,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from idcfs.cache import WHOLE_FILE
-from idcfs.store import GCS_MIRROR, ObjectStore, StoreError
 from idcfs.testing.faultproxy import FAULTS, FaultProxy
 from idcfs.testing.sandbox import read_uncached
 
-from .conftest import by_modality, files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
+from ..conftest import files_under, idcfs, mount_stats, origin_files, read_all, series_dir, uuid_of
+from ..engine.test_faults import sha
 
 TIMEOUT = 3.0  # --timeout of the mounts below
 # A read syscall fails within this: one deadline per provider, and the kernel may ask twice.
@@ -30,35 +29,12 @@ EIO_BOUND = 2 * 2 * TIMEOUT + 2
 FAULT_READS = int(os.environ.get("IDCFS_FAULT_READS", "2000"))
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def expected(sandbox, path: Path) -> str:
     return origin_files(sandbox)[f"{uuid_of(path)}/{path.name}"]
 
 
 def fault_mount(mount, s3: FaultProxy, gcs: FaultProxy, *extra, **kw) -> Path:
     return mount("--timeout", str(TIMEOUT), *extra, s3_endpoint=s3.url, gcs_endpoint=gcs.url, **kw)
-
-
-def test_stalled_origins_fail_within_the_deadline_then_recover(sandbox):
-    key, digest = next(iter(sandbox.objects.items()))
-    bucket, name = key.split("/", 1)
-    size = (Path(sandbox.data_dir) / "gcs" / GCS_MIRROR[bucket] / name).stat().st_size
-    with FaultProxy(sandbox.s3_endpoint) as s3, FaultProxy(sandbox.gcs_endpoint) as gcs:
-        for proxy in (s3, gcs):
-            proxy.fault_rate, proxy.faults, proxy.stall_seconds = 1.0, ("stall",), 60.0
-        store = ObjectStore("aws", s3.url, gcs.url, timeout=3.0)
-        t = time.monotonic()
-        with pytest.raises(StoreError, match="aws: .*gcs: "):
-            store.read(bucket, name, 0, size, size)
-        took = time.monotonic() - t
-        assert took < 2 * 3.0 + 3, took  # one deadline per provider, retries included
-        for proxy in (s3, gcs):
-            proxy.fault_rate = 0.0
-        data = store.read(bucket, name, 0, size, size)  # works at once: no waiting out the circuit breaker
-    assert sha(data) == digest
 
 
 def test_ten_percent_faults_give_exact_bytes_or_eio(mount, sandbox):
@@ -285,13 +261,3 @@ def test_a_flipped_byte_is_never_served_or_cached(mount, sandbox, tmp_path):
     for p in first + others:
         q = offline / p.relative_to(mnt)
         assert sha(read_uncached(q)) == want[p], q
-
-
-@pytest.mark.parametrize("source", ["aws", "gcs"])
-def test_listings_carry_the_origins_md5(sandbox, source):
-    """What the MD5 check compares with: both origins publish it in the LIST, equal to the content's."""
-    store = ObjectStore(source, sandbox.s3_endpoint, sandbox.gcs_endpoint, failover=False)
-    row = by_modality(sandbox, "MR")
-    objs = store.list_series(row["aws_bucket"], row["crdc_series_uuid"])
-    gcs = Path(sandbox.data_dir) / "gcs" / GCS_MIRROR[row["aws_bucket"]] / row["crdc_series_uuid"]
-    assert objs and all(o.md5 == hashlib.md5((gcs / o.name).read_bytes()).hexdigest() for o in objs)

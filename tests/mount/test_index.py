@@ -10,7 +10,7 @@ import pytest
 
 import idcfs
 
-from .conftest import series_dir
+from ..conftest import series_dir
 
 TEMPLATE = "%collection_id-%Modality/%PatientID_%SeriesInstanceUID"
 

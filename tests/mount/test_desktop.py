@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import by_modality
+from ..conftest import by_modality
 
 TOOLS = ("Xvfb", "pcmanfm", "xdotool", "import")
 pytestmark = pytest.mark.skipif(

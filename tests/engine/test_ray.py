@@ -1,5 +1,6 @@
-"""Ray Data over idc:// and over a mount: a local Ray cluster of 2 CPUs, its worker processes reading the
-sandbox through their own engines and one shared cache directory, every byte checked against the origin.
+"""Ray Data over idc://: a local Ray cluster of 2 CPUs, its worker processes reading the sandbox through their
+own engines and one shared cache directory, every byte checked against the origin. Over a mount:
+tests/mount/test_ray.py.
 
 Needs ray[data] (`make test-ray` installs it); skipped without.
 """
@@ -19,14 +20,7 @@ from idcfs.cohort import Cohort  # noqa: E402
 from idcfs.ray import arrow_filesystem, read_binary_files  # noqa: E402
 from idcfs.testing.faultproxy import FaultProxy  # noqa: E402
 
-from .conftest import origin_files  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+from ..conftest import origin_files  # noqa: E402
 
 
 def headers(batch: dict) -> dict:
@@ -42,10 +36,6 @@ def headers(batch: dict) -> dict:
         out["sop"].append(str(ds.SOPInstanceUID))
         out["modality"].append(str(ds.Modality))
     return out
-
-
-def _key(path: str) -> str:
-    return os.getxattr(path, "user.idc.crdc_series_uuid").decode() + "/" + os.path.basename(path)
 
 
 class ReadAndHash:
@@ -105,12 +95,3 @@ def test_ray_reads_idc_paths_in_worker_processes_fetching_each_file_once(cluster
     assert all(r["sha256"] == origin[keys[r["path"]]] for r in rows)
     assert len({r["pid"] for r in rows}) == 2 and os.getpid() not in {r["pid"] for r in rows}
     assert gets <= 1.15 * len(files), (gets, len(files))
-
-
-def test_ray_reads_a_mount_s_paths(cluster, mount, sandbox):
-    mnt = mount()
-    cohort = Cohort.select("Modality != 'SM'", mountpoint=mnt, manifest=sandbox.manifest)
-    rows = read_binary_files(cohort).map_batches(headers, batch_size=32, concurrency=2).take_all()
-    origin = origin_files(sandbox)
-    assert len(rows) == len(cohort.files()) and {r["modality"] for r in rows} >= {"CT", "MR", "SEG"}
-    assert all(r["sha256"] == origin[_key(r["path"])] for r in rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import idcfs
+from ..conftest import idcfs
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a private mount namespace)")
 

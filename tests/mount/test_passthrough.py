@@ -20,7 +20,7 @@ import pytest
 from idcfs.cache import WHOLE_FILE
 from idcfs.testing.sandbox import read_uncached
 
-from .conftest import files_under, idcfs, mount_stats, origin_files, read_all, uuid_of
+from ..conftest import files_under, idcfs, mount_stats, origin_files, read_all, uuid_of
 
 ACCELERATED = hasattr(pyfuse3, "backing_open")
 accelerated = pytest.mark.skipif(not ACCELERATED, reason="needs the pyfuse3 of `make passthrough`")

@@ -1,0 +1,1 @@
+"""Mount tier: real FUSE mounts against the sandbox origin."""
