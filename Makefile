@@ -63,7 +63,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check idcfs tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/engine tests/mount
 
-# Needs only the base install and pytest: the wheel check runs it on the wheel, with pytest added.
+# Needs only the base install and pytest: make wheel-check runs it on the wheel at the lowest versions.
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
@@ -97,7 +97,7 @@ test-passthrough: $(VENV)/.installed
 		tests/mount/test_cache.py tests/mount/test_faults.py tests/mount/test_background.py tests/unit/test_readpath.py
 
 # idcfs as users install it: the wheel, no extras, the newest versions pyproject allows (pip), checked against
-# the sandbox origin; then the lowest versions (uv, lowest-direct), which proves the lower bounds.
+# the sandbox origin; then the lowest versions (uv, lowest-direct), which proves the lower bounds, tests/unit included.
 wheel-check: $(VENV)/.installed
 	$(PY) tests/wheel_check.py
 	$(PY) tests/wheel_check.py --lowest
