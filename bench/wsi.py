@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "bench" / "wsi.json")
     args = p.parse_args(argv)
 
-    from idcfs.namespace import GCS_MIRROR
+    from idcfs.store import GCS_MIRROR
     from idcfs.testing.faultproxy import FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))

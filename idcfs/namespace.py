@@ -22,10 +22,7 @@ import pyarrow.compute as pc
 
 from . import treecache
 from .errors import Spelling, as_flag
-from .selection import COMMERCIAL as COMMERCIAL  # re-exported until the front ends import idcfs.selection
 from .selection import IndexViews, Selection, SelectionError, _one_line, _sql_str
-from .selection import parse_manifest as parse_manifest
-from .store import GCS_MIRROR as GCS_MIRROR  # bench/wsi.py imports it from here
 
 DEFAULT_TEMPLATE = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
 # idc-index's dirTemplate attributes: a template of these alone gives `idc download`'s paths, value for value.

@@ -12,15 +12,13 @@ from idcfs.namespace import (
     DEFAULT_TEMPLATE,
     LAYOUTS,
     Namespace,
-    Selection,
-    SelectionError,
     escape_component,
     escape_value,
-    parse_manifest,
     parse_template,
     template_for,
     unescape,
 )
+from idcfs.selection import Selection, SelectionError, parse_manifest
 
 from ..conftest import INDEX, idcfs
 

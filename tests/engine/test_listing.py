@@ -1,4 +1,5 @@
-"""Unit tests of the listings' bound and inode numbers: a real tree and listing cache, no servers, no FUSE."""
+"""The listings' bound and inode numbers over a real tree and listing cache (thousands of series): no servers, no FUSE,
+but too slow for the unit tier."""
 
 from __future__ import annotations
 
