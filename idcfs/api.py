@@ -32,7 +32,9 @@ def mounted(mountpoint: str | os.PathLike, **options: Any) -> Iterator[Path]:
     from .errors import as_keyword
     from .options import Options
 
-    flags = Options.make(as_keyword, **options).to_argv()
+    checked = Options.make(as_keyword, **options)
+    checked.tree_template()  # a bad template or layout is a ValueError here too, not a failed mount
+    flags = checked.to_argv()
     root = Path(os.path.abspath(os.path.expanduser(mountpoint)))
     created = not root.exists()
     if created:

@@ -1,4 +1,5 @@
-"""Command line: idcfs mount | unmount | stats | cache | prefetch | info | cite | sandbox.
+"""Command line: idcfs mount | unmount | stats | cache | prefetch | info | cite | sandbox, and mount.idcfs
+(mount_helper, the mount(8) helper: see fstab.py).
 
 Bad input gets one line on stderr and exit status 2, before anything is mounted.
 `idcfs mount` without --foreground starts the daemon as a child process and
@@ -16,7 +17,17 @@ import time
 from pathlib import Path
 
 from .errors import UsageError, as_flag, as_keyword
-from .options import DEFAULT_CACHE_SIZE, Options, default_cache_dir
+from .options import (
+    DEFAULT_CACHE_SIZE,
+    PASSTHROUGH,
+    SELECTION_OPTIONS,
+    SOURCES,
+    Options,
+    build_engine,
+    default_cache_dir,
+    release,
+    seconds,
+)
 
 log = logging.getLogger("idcfs")
 
@@ -38,20 +49,11 @@ def _argument_type(parse):
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    parsed.__name__ = parse.__name__
     return parsed
 
 
-def _seconds(text: str) -> float:
-    from .options import seconds
-
-    return _argument_type(seconds)(text)
-
-
-def _release(text: str) -> int:
-    from .options import release
-
-    return _argument_type(release)(text)
+_seconds = _argument_type(seconds)
+_release = _argument_type(release)
 
 
 def _add_selection_flags(p: argparse.ArgumentParser, verb: str) -> None:
@@ -86,8 +88,6 @@ def _has_selection(args) -> bool:
 def _options(args, *names: str, create_cache_dir: bool = True) -> Options:
     """The Options of a command: the selection flags, and `names` (other Options fields) where the command
     has them. Endpoints not given are taken from IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT."""
-    from .options import SELECTION
-
     spell = as_keyword if getattr(args, "terms", "flags") == "keywords" else as_flag
     given = {
         "filter": args.filter,
@@ -97,7 +97,7 @@ def _options(args, *names: str, create_cache_dir: bool = True) -> Options:
         "idc_version": args.idc_version,
     }
     given |= {name: getattr(args, name) for name in names}
-    return Options.make(spell, allowed=(*SELECTION, *names), create_cache_dir=create_cache_dir, **given)
+    return Options.make(spell, allowed=(*SELECTION_OPTIONS, *names), create_cache_dir=create_cache_dir, **given)
 
 
 class _Version(argparse.Action):
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("mountpoint", type=Path)
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (default: daemonize)")
-    m.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider to read (default aws)")
+    m.add_argument("--source", choices=SOURCES, default=Options.source, help="bucket provider to read (default aws)")
     m.add_argument(
         "--s3-endpoint",
         metavar="URL",
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--memory",
-        default="256M",
+        default=f"{Options.memory >> 20}M",
         metavar="SIZE",
         help="daemon memory for recently read blocks, at least 16M; large-file readahead uses up to a quarter "
         "(default 256M)",
@@ -175,15 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--timeout",
         type=_seconds,
-        default=30.0,
+        default=Options.timeout,
         metavar="SECONDS",
         help="longest wait for one origin, retries included; a read fails with EIO after at most twice this, "
         "once per provider (default 30)",
     )
     m.add_argument(
         "--passthrough",
-        choices=("auto", "off"),
-        default="auto",
+        choices=PASSTHROUGH,
+        default=Options.passthrough,
         help="auto: the kernel reads cached instances from their files itself (FUSE passthrough), where the "
         "kernel, the pyfuse3 build (make passthrough) and root allow it; off: the daemon serves every read "
         "(default auto)",
@@ -244,11 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("-j", "--jobs", type=int, default=32, help="parallel reads (default 32)")
     _add_selection_flags(pf, "warm")
     pf.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="default: user cache dir")
-    pf.add_argument("--source", choices=("aws", "gcs"), default="aws", help="bucket provider (default aws)")
+    pf.add_argument("--source", choices=SOURCES, default=Options.source, help="bucket provider (default aws)")
     pf.add_argument("--s3-endpoint", metavar="URL", help="as for mount")
     pf.add_argument("--gcs-endpoint", metavar="URL", help="as for mount")
     pf.add_argument("--index", type=Path, default=None, metavar="PARQUET")
-    pf.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="as for mount (default 30)")
+    pf.add_argument(
+        "--timeout", type=_seconds, default=Options.timeout, metavar="SECONDS", help="as for mount (default 30)"
+    )
     pf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser(
@@ -365,7 +367,7 @@ def _serve_mount(options: Options, args, pipe) -> int:
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
     pipe.phase("loading the tree from the index")
     try:
-        index = options.index_path()
+        index = options.index_file()
         ns = options.namespace()
     except UsageError as e:
         pipe.usage(str(e))
@@ -375,7 +377,6 @@ def _serve_mount(options: Options, args, pipe) -> int:
 
     from .fs import IdcOperations
     from .mount import notify_systemd, serve
-    from .options import build_engine
 
     pipe.phase(f"opening the cache directory {options.cache_dir}")
     try:
@@ -389,7 +390,7 @@ def _serve_mount(options: Options, args, pipe) -> int:
         print(f"idcfs: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     pipe.phase("waiting for the origins to answer")
-    problem = _origin_problem(store, probes, explicit={"aws": options.s3_endpoint, "gcs": options.gcs_endpoint})
+    problem = _origin_problem(store, probes, options)
     if problem and cache.meta.has_listings():  # offline use: what was listed before is served from the cache
         log.warning("%s; serving what the cache holds", problem)
     elif problem:
@@ -451,12 +452,13 @@ def _probe_origins(store) -> dict:
     return probes
 
 
-def _origin_problem(store, probes: dict, explicit: dict) -> str | None:
+def _origin_problem(store, probes: dict, options: Options) -> str | None:
     """Why the origins cannot serve this mount: the endpoint given for --source does not answer, or none does.
 
     The other provider is only a fallback: an endpoint given for it that does not answer is logged.
     """
-    flags = {"aws": "--s3-endpoint", "gcs": "--gcs-endpoint"}
+    explicit = {"aws": options.s3_endpoint, "gcs": options.gcs_endpoint}
+    flags = {"aws": options.spell("s3_endpoint"), "gcs": options.spell("gcs_endpoint")}
     preferred, *others = store.providers
     if explicit.get(preferred.name):
         reason = probes[preferred.name].result()
@@ -472,7 +474,7 @@ def _origin_problem(store, probes: dict, explicit: dict) -> str | None:
     reasons = {p.name: probes[p.name].result() for p in store.providers}
     if all(reasons.values()):
         tried = "; ".join(f"{p.endpoint}: {reasons[p.name]}" for p in store.providers)
-        return f"no origin answers ({tried}): check the network, or pass --s3-endpoint/--gcs-endpoint"
+        return f"no origin answers ({tried}): check the network, or pass {flags['aws']}/{flags['gcs']}"
     return None
 
 

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .options import SELECTION, TREE
+from .options import SELECTION_OPTIONS, TREE_OPTIONS
 
 __all__ = ["Cohort"]
 
 PROTOCOL = "idc://"
 LIST_THREADS = 16  # a LIST takes ~0.1 s of waiting: list series directories in parallel
 # Options of idcfs.Index: a mount's selection is described by these alone.
-_SELECTION = (*SELECTION, *TREE)
+_SELECTION = (*SELECTION_OPTIONS, *TREE_OPTIONS)
 
 
 class Cohort:

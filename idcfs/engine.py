@@ -15,6 +15,7 @@ import trio
 
 from .background import Background, failpoint
 from .cache import CacheDir
+from .errors import NoSuchPath, NotADirectory
 from .listing import InstanceFile, Listings
 from .namespace import Namespace
 from .readpath import MEMORY, OpenFile, Reader
@@ -110,10 +111,10 @@ class Engine:
         node: Node = 0
         for depth, name in enumerate(parts):
             if isinstance(node, InstanceFile):
-                raise NotADirectoryError("/".join(parts[:depth]))
+                raise NotADirectory("/".join(parts[:depth]))
             found = await self.child(node, name)
             if found is None:
-                raise FileNotFoundError("/".join(parts[: depth + 1]))
+                raise NoSuchPath("/".join(parts[: depth + 1]))
             node = found
         return node
 

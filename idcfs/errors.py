@@ -10,10 +10,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from .store import StoreError
-
 # Python keywords that differ from their flag's name (--collection is repeated; collections= is a list).
-_KEYWORDS = {"collection": "collections", "license": "licenses"}
+KEYWORDS = {"collection": "collections", "license": "licenses"}
 
 Spelling = Callable[[str], str]
 
@@ -29,31 +27,45 @@ def as_flag(option: str) -> str:
 
 def as_keyword(option: str) -> str:
     """collection -> collections; cache_size -> cache_size"""
-    return _KEYWORDS.get(option, option)
+    return KEYWORDS.get(option, option)
 
 
-# The errno of each exception the engine raises on purpose, most specific first. Anything else (a bug,
-# a failing disk) is EIO, and the front end logs its traceback: a read gives the right bytes or EIO.
-ERRNO: tuple[tuple[type[BaseException], int], ...] = (
-    (StoreError, errno.EIO),  # the origins failed or sent wrong bytes
-    (FileNotFoundError, errno.ENOENT),  # resolving a path
-    (NotADirectoryError, errno.ENOTDIR),
-    (IsADirectoryError, errno.EISDIR),
+class StoreError(OSError):
+    """A request to the origins failed, or they sent wrong bytes: the read fails with EIO."""
+
+
+# What the engine raises on purpose. Built-in FileNotFoundError and its kin can come from anywhere (a
+# cache file evicted under a reader): only these mean "the tree has no such path".
+class NoSuchPath(FileNotFoundError):
+    pass
+
+
+class NotADirectory(NotADirectoryError):
+    pass
+
+
+class IsADirectory(IsADirectoryError):
+    pass
+
+
+# The errno of each error the engine raises on purpose. Anything else (a bug, a failing disk) is EIO in
+# a mount, with its traceback logged: a read gives the right bytes or EIO.
+ERRNO: tuple[tuple[type[OSError], int], ...] = (
+    (StoreError, errno.EIO),
+    (NoSuchPath, errno.ENOENT),
+    (NotADirectory, errno.ENOTDIR),
+    (IsADirectory, errno.EISDIR),
 )
 
 
-def errno_of(e: BaseException) -> int:
-    return next((number for kind, number in ERRNO if isinstance(e, kind)), errno.EIO)
+def errno_of(e: BaseException) -> int | None:
+    """e's errno by the table; None if e is not an error the engine raises on purpose."""
+    return next((number for kind, number in ERRNO if isinstance(e, kind)), None)
 
 
-def expected(e: BaseException) -> bool:
-    """An error of the table: logged in one line, without a traceback."""
-    return any(isinstance(e, kind) for kind, _ in ERRNO)
-
-
-def as_oserror(e: BaseException) -> OSError:
-    """e as the OSError a file API raises: FileNotFoundError and its kin as they are, anything else as
-    OSError(EIO)."""
-    if expected(e) and not isinstance(e, StoreError):
-        return e
-    return OSError(errno_of(e), str(e) or type(e).__name__)
+def as_oserror(e: BaseException) -> BaseException:
+    """e as idc:// raises it: the table's errors as OSErrors with its errno (a StoreError as a plain
+    OSError(EIO)); anything else unchanged, as a file API passes on what it did not cause."""
+    if isinstance(e, StoreError):
+        return OSError(errno.EIO, str(e))
+    return e

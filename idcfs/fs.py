@@ -21,7 +21,7 @@ import trio
 
 from .cache import BLOCK_SIZE, WHOLE_FILE
 from .engine import Engine, Node
-from .errors import errno_of, expected
+from .errors import errno_of
 from .listing import InstanceFile
 from .passthrough import Passthrough, stacked_filesystem
 from .readpath import OpenFile
@@ -42,11 +42,12 @@ def _boundary(fn):
         except pyfuse3.FUSEError:
             raise
         except Exception as e:  # the errno table idc:// uses too
-            if expected(e):
-                log.warning("%s: %s", fn.__name__, e)
-            else:
+            number = errno_of(e)
+            if number is None:  # not an error the engine raises on purpose: a bug or a failing disk
                 log.exception("%s%r failed", fn.__name__, args[:2])
-            raise pyfuse3.FUSEError(errno_of(e)) from None
+            else:
+                log.warning("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(number or errno.EIO) from None
 
     return wrapper
 

@@ -30,9 +30,9 @@ import trio
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from .engine import Engine, Node
-from .errors import as_keyword, as_oserror, expected
+from .errors import IsADirectory, as_keyword, as_oserror
 from .listing import InstanceFile
-from .options import DEFAULT_CACHE_SIZE, MOUNT_ONLY, Options, build_engine
+from .options import DEFAULT_CACHE_SIZE, MOUNT_ONLY_OPTIONS, Options, build_engine
 
 READ_BLOCK = 16 << 10  # buffered reads fetch at least this much, as the mount's st_blksize does
 DRAIN_SECONDS = 10.0
@@ -87,9 +87,7 @@ class _Loop:
             return trio.from_thread.run(afn, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise OSError(errno.EIO, "the idc:// engine has stopped") from None
-        except Exception as e:  # the errno table the mount uses too
-            if not expected(e):
-                log.exception("idc:// engine call failed")
+        except Exception as e:  # by the errno table the mount uses too
             error = as_oserror(e)
             if error is e:
                 raise
@@ -207,9 +205,14 @@ class IdcFileSystem(AbstractFileSystem):
     def __init__(self, **options):
         ours = {k: v for k, v in options.items() if k not in FSSPEC_OPTIONS}
         super().__init__(**{k: v for k, v in options.items() if k in FSSPEC_OPTIONS})
-        ours.setdefault("cache_size", DEFAULT_CACHE_SIZE)
-        allowed = [name for name in Options.names() if name not in MOUNT_ONLY]
-        self._options = Options.make(as_keyword, allowed=allowed, **ours)
+        if ours.get("cache_size") is None:
+            ours["cache_size"] = DEFAULT_CACHE_SIZE
+        for name in ("s3_endpoint", "gcs_endpoint"):  # an empty value counts as unset, as in the environment
+            if ours.get(name) == "":
+                ours[name] = None
+        allowed = [name for name in Options.names() if name not in MOUNT_ONLY_OPTIONS]
+        # Normalized: options spelt differently that give the same tree share one engine.
+        self._options = Options.make(as_keyword, allowed=allowed, **ours).normalized()
         self._loop()  # build now: a bad filter or manifest fails here, not on first read
 
     def _build(self) -> Engine:
@@ -367,7 +370,7 @@ def _clip(size: int, start: int | None, end: int | None) -> tuple[int, int]:
 async def _file(engine: Engine, parts: list[str]) -> InstanceFile:
     node = await engine.resolve(parts)
     if not isinstance(node, InstanceFile):
-        raise IsADirectoryError(errno.EISDIR, "is a directory", "/".join(parts))
+        raise IsADirectory(errno.EISDIR, "is a directory", "/".join(parts))
     return node
 
 

@@ -1,8 +1,8 @@
 """mount.idcfs: the mount(8) helper, so that /etc/fstab entries and `mount -t fuse.idcfs` work.
 
 For type `fuse.idcfs` mount(8) runs `/sbin/mount.fuse.idcfs SPEC DIR [-sfnv] [-o OPTIONS]` (for type
-`idcfs`, `/sbin/mount.idcfs`); both are links to the script `mount.idcfs` (idcfs.cli.mount_helper), which
-takes its arguments here and runs `idcfs mount` with the flags mount_argv makes of them. OPTIONS are `idcfs mount` flags
+`idcfs`, `/sbin/mount.idcfs`); both are links to the script `mount.idcfs` (idcfs.cli.mount_helper). This
+module parses what mount(8) passes and makes `idcfs mount` flags of it (mount_argv). OPTIONS are `idcfs mount` flags
 written the fstab way, `cache_dir=/var/cache/idcfs,source=gcs,allow_other`. In /etc/fstab a space in a
 value is written `\\040`, and a value holding commas is put in double quotes. SPEC is the name the mount
 shows in /proc/mounts (`idc`). mount(8) adds generic options (rw, nosuid, ...) and passes userspace ones
@@ -15,13 +15,12 @@ import argparse
 import os
 from dataclasses import fields
 
-from .options import Options
+from .options import REPEATED, Options
 
 # fstab option -> `idcfs mount` flag: the Options (collection and license, repeated, as their flags), and the
 # mount's logging. Options marked True may be repeated.
-_REPEATED = {"collections": "collection", "licenses": "license"}
-FLAG_OPTIONS = {f.name for f in fields(Options) if f.type in ("bool", bool)}
-VALUE_OPTIONS = {_REPEATED.get(name, name): name in _REPEATED for name in Options.names() if name not in FLAG_OPTIONS}
+FLAG_OPTIONS = {f.name for f in fields(Options) if isinstance(f.default, bool)}
+VALUE_OPTIONS = {REPEATED.get(name, name): name in REPEATED for name in Options.names() if name not in FLAG_OPTIONS}
 VALUE_OPTIONS |= {"log_level": False, "log_file": False}
 # Options mount(8) adds or passes on that a read-only FUSE mount of idcfs takes as they are.
 GENERIC_OPTIONS = {

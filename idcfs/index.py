@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from .errors import as_keyword
 from .namespace import Namespace
-from .options import SELECTION, TREE, Options
+from .options import SELECTION_OPTIONS, TREE_OPTIONS, Options
 from .selection import _one_line
 
 
@@ -34,7 +34,7 @@ class Index:
 
     def __init__(self, *, _namespace: Namespace | None = None, **options: Any):
         if _namespace is None:
-            allowed = (*SELECTION, *TREE)
+            allowed = (*SELECTION_OPTIONS, *TREE_OPTIONS)
             _namespace = Options.make(as_keyword, allowed=allowed, create_cache_dir=False, **options).namespace()
         self.ns = _namespace
         # A connection of its own (a cursor): the engine's may be busy in another thread.

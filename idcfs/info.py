@@ -178,7 +178,7 @@ def _dois_of(path: Path) -> tuple[dict[str, int], str]:
 def _dois_of_selection(options: Options) -> tuple[dict[str, int], str]:
     # The sorted selection is kept in the cache directory, as mounts keep it: the next cite or mount of it is quick.
     ns = options.namespace()
-    return {k or "": v for k, v in ns.counts(0, "source_DOI").items()}, str(options.index_path())
+    return {k or "": v for k, v in ns.counts(0, "source_DOI").items()}, str(options.index_file())
 
 
 def cite(paths: list[Path], options: Options | None = None, fmt: str = "text") -> int:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Spelling, UsageError, as_flag
+from .errors import KEYWORDS, Spelling, UsageError, as_flag
 
 if TYPE_CHECKING:
     from .cache import CacheDir
@@ -33,9 +33,11 @@ MIN_MEMORY_MB = 16
 TIMEOUT_RANGE = (1, 600)
 DEFAULT_CACHE_SIZE = "10G"  # of a mount and of idc://; `idcfs prefetch` keeps the cap the last mount set
 # Groups of Options fields, for callers that take only some.
-SELECTION = ("filter", "manifest", "collections", "licenses", "idc_version")
-TREE = ("template", "layout", "index", "cache_dir")  # the cache directory keeps sorted trees
-MOUNT_ONLY = ("passthrough", "allow_other")
+SELECTION_OPTIONS = ("filter", "manifest", "collections", "licenses", "idc_version")
+TREE_OPTIONS = ("template", "layout", "index", "cache_dir")  # the cache directory keeps sorted trees
+MOUNT_ONLY_OPTIONS = ("passthrough", "allow_other")
+# Options fields given as a repeated flag each (--collection a --collection b): field -> flag's name.
+REPEATED = {field: flag for flag, field in KEYWORDS.items()}
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +60,8 @@ def default_index() -> Path:
     return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
 
 
-# -- values: each raises ValueError with a message that does not name the option (the caller adds it)
+# -- values: seconds and release raise ValueError without the option's name (argparse and make() add it);
+# the checks below take the name, spelt as the caller wrote it, and raise UsageError
 
 
 def seconds(text: str | float) -> float:
@@ -122,8 +125,9 @@ def check_cache_dir(path: Path, name: str = "--cache-dir") -> Path:
 
 @dataclass(frozen=True)
 class Options:
-    """Checked options, as make() leaves them: endpoints resolved from the environment, paths absolute, the
-    cache directory writable, sizes in bytes. Equal options give equal engines (idc:// shares them)."""
+    """Checked options, as make() leaves them: endpoints taken from the environment where not given, the
+    index and manifest shown to be files (paths as given), the cache directory created and writable unless
+    the caller only reads trees, sizes in bytes. idc:// keys its engines by normalized() options."""
 
     source: str = "aws"
     s3_endpoint: str | None = None
@@ -191,10 +195,9 @@ class Options:
         out["cache_dir"] = check_cache_dir(cache_dir, spell("cache_dir")) if create_cache_dir else cache_dir
         for name in ("index", "manifest"):
             if name in v:
-                path = Path(os.path.expanduser(v[name]))
-                if not path.is_file():
+                if not Path(v[name]).is_file():
                     raise UsageError(f"{spell(name)} {v[name]} is not a file")
-                out[name] = path.resolve()
+                out[name] = Path(v[name])
         if "cache_size" in v:
             out["cache_size"] = size(spell("cache_size"), v["cache_size"], MIN_CACHE_SIZE_MB, "the block cache")
         if "memory" in v:
@@ -208,6 +211,8 @@ class Options:
                 out[name] = (v[name],) if isinstance(v[name], str) else tuple(v[name])
         if v.get("passthrough", "auto") not in PASSTHROUGH:
             raise UsageError(f"bad {spell('passthrough')} {v['passthrough']!r}: give 'auto' or 'off'")
+        if not isinstance(v.get("allow_other", False), bool):
+            raise UsageError(f"{spell('allow_other')} is a switch: give True or False")
         for name in ("filter", "template", "layout", "passthrough", "allow_other"):
             if name in v:
                 out[name] = v[name]
@@ -229,15 +234,30 @@ class Options:
             spell=self.spell,
         )
 
-    def index_path(self) -> Path:
+    def index_file(self) -> Path:
         return self.index or default_index()
+
+    def tree_template(self) -> str:
+        """The template of the tree (from template or layout), checked: UsageError if it is bad."""
+        from .namespace import parse_template, template_for
+
+        template = template_for(self.template, self.layout, self.spell)
+        parse_template(template, self.spell)
+        return template
+
+    def normalized(self) -> Options:
+        """The same options spelt one way: the index and manifest as resolved paths (the default index named),
+        the layout as its template. Options that give the same tree and engine are then equal."""
+        manifest = self.manifest.resolve() if self.manifest is not None else None
+        return replace(
+            self, index=self.index_file().resolve(), manifest=manifest, template=self.tree_template(), layout=None
+        )
 
     def namespace(self) -> Namespace:
         """The selected tree; SelectionError (a UsageError) for a bad selection, template or index."""
-        from .namespace import Namespace, template_for
+        from .namespace import Namespace
 
-        template = template_for(self.template, self.layout, self.spell)
-        return Namespace(self.index_path(), template, self.selection(), cache_dir=self.cache_dir)
+        return Namespace(self.index_file(), self.tree_template(), self.selection(), cache_dir=self.cache_dir)
 
     def store(self) -> ObjectStore:
         """The origins, unsigned: credentials in the environment are dropped first."""
@@ -258,14 +278,14 @@ class Options:
         default = Options()
         for name in self.names():
             value = getattr(self, name)
-            if value == getattr(default, name) or name == "cache_dir" and value is None:
+            if value == getattr(default, name):
                 continue
             flag = as_flag(name)
             if isinstance(value, bool):
                 argv.append(flag)
-            elif name in ("collections", "licenses"):
+            elif name in REPEATED:
                 for item in value:
-                    argv += [as_flag(name.removesuffix("s")), item]
+                    argv += [as_flag(REPEATED[name]), item]
             else:
                 argv += [flag, str(value)]
         return argv

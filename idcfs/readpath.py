@@ -36,24 +36,7 @@ import trio
 from .background import Background, failpoint
 from .cache import WHOLE_FILE, CacheDir, MetaCache, block_key, block_size
 from .listing import InstanceFile
-from .readpolicy import (  # the policies' constants are imported from here too
-    FIRST_WINDOW,  # noqa: F401
-    HEAD,
-    HEADER_STREAK,  # noqa: F401
-    MAX_WINDOW,  # noqa: F401
-    PREFETCH_BUDGET,  # noqa: F401
-    PREFETCH_FILES,  # noqa: F401
-    READAHEAD_AFTER,  # noqa: F401
-    REORDER,  # noqa: F401
-    SCATTERED,  # noqa: F401
-    WARM_PER_OPEN,  # noqa: F401
-    HeaderStreak,
-    OpenFile,
-    Readahead,
-    SeriesPrefetch,
-    SiblingFetch,
-    nblocks,
-)
+from .readpolicy import HEAD, HeaderStreak, OpenFile, Readahead, SeriesPrefetch, SiblingFetch, nblocks
 from .store import MAX_GET, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)

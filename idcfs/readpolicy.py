@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cache import WHOLE_FILE, block_size
-from .listing import InstanceFile
+
+if TYPE_CHECKING:
+    from .listing import InstanceFile
 
 READAHEAD_AFTER = 2 << 20
 FIRST_WINDOW = 2 << 20

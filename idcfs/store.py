@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+from .errors import StoreError
+
 # AWS bucket (as named in the index) -> its GCS mirror.
 GCS_MIRROR = {
     "idc-open-data": "idc-open-data",
@@ -139,10 +141,6 @@ def unanswered(endpoint: str, timeout: float = 3.0) -> str | None:
     except (OSError, ValueError) as e:
         return str(e) or type(e).__name__
     return None
-
-
-class StoreError(OSError):
-    """A request failed; the caller answers EIO."""
 
 
 @dataclass(frozen=True)

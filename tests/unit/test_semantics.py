@@ -1,6 +1,6 @@
 """SEMANTICS.md against the code: its Limits and Options tables, and the numbers in its sentences.
 
-The Limits table names each constant (`readpath.HEAD`); CONSTANTS below says where it lives. A number
+The Limits table names each constant (`readpolicy.HEAD`); CONSTANTS below says where it lives. A number
 the code writes as a literal (the 5 s connect cap, the 45-character cut) is read off the code's behaviour,
 with fakes: no servers, no FUSE. A constant that moves is a one-line change in CONSTANTS or CODE.
 """
@@ -32,19 +32,19 @@ CONSTANTS: dict[str, str | tuple[str, float]] = {
     "cache.WHOLE_FILE": "idcfs.cache:WHOLE_FILE",
     "cache.BLOCK_SIZE": "idcfs.cache:BLOCK_SIZE",
     "cache.DEFAULT_SIZE": "idcfs.cache:DEFAULT_SIZE",
-    "readpath.HEAD": "idcfs.readpath:HEAD",
-    "readpath.HEADER_STREAK": "idcfs.readpath:HEADER_STREAK",
-    "readpath.READAHEAD_AFTER": "idcfs.readpath:READAHEAD_AFTER",
-    "readpath.FIRST_WINDOW": "idcfs.readpath:FIRST_WINDOW",
-    "readpath.MAX_WINDOW": "idcfs.readpath:MAX_WINDOW",
-    "readpath.MAX_GET": "idcfs.readpath:MAX_GET",
-    "readpath.REORDER": "idcfs.readpath:REORDER",
+    "readpolicy.HEAD": "idcfs.readpolicy:HEAD",
+    "readpolicy.HEADER_STREAK": "idcfs.readpolicy:HEADER_STREAK",
+    "readpolicy.READAHEAD_AFTER": "idcfs.readpolicy:READAHEAD_AFTER",
+    "readpolicy.FIRST_WINDOW": "idcfs.readpolicy:FIRST_WINDOW",
+    "readpolicy.MAX_WINDOW": "idcfs.readpolicy:MAX_WINDOW",
+    "store.MAX_GET": "idcfs.store:MAX_GET",
+    "readpolicy.REORDER": "idcfs.readpolicy:REORDER",
     "readpath.MEMORY": "idcfs.readpath:MEMORY",
-    "readpath.PREFETCH_FILES": "idcfs.readpath:PREFETCH_FILES",
-    "readpath.PREFETCH_BUDGET": "idcfs.readpath:PREFETCH_BUDGET",
+    "readpolicy.PREFETCH_FILES": "idcfs.readpolicy:PREFETCH_FILES",
+    "readpolicy.PREFETCH_BUDGET": "idcfs.readpolicy:PREFETCH_BUDGET",
     "readpath.PREFETCH_CONNECTIONS": "idcfs.readpath:PREFETCH_CONNECTIONS",
-    "readpath.SCATTERED": "idcfs.readpath:SCATTERED",
-    "readpath.WARM_PER_OPEN": "idcfs.readpath:WARM_PER_OPEN",
+    "readpolicy.SCATTERED": "idcfs.readpolicy:SCATTERED",
+    "readpolicy.WARM_PER_OPEN": "idcfs.readpolicy:WARM_PER_OPEN",
     "readpath.WARM_CONNECTIONS": "idcfs.readpath:WARM_CONNECTIONS",
     "readpath.CLAIM_SECONDS": "idcfs.readpath:CLAIM_SECONDS",
     "readpath.OTHER_FETCH_WAIT": "idcfs.readpath:OTHER_FETCH_WAIT",
@@ -357,7 +357,7 @@ def test_engine_limits():
     n = engine_numbers()
     assert (n["prefetch"], n["warm"]) == (const("readpath.PREFETCH_CONNECTIONS"), const("readpath.WARM_CONNECTIONS"))
     assert n["warm"] < n["gets"]  # "fewer than reads a program waits for"
-    assert n["max_window"] == min(const("readpath.MAX_WINDOW"), const("readpath.MEMORY") // 4)
+    assert n["max_window"] == min(const("readpolicy.MAX_WINDOW"), const("readpath.MEMORY") // 4)
     assert n["max_window_32M"] == (32 << 20) // 4  # "or a quarter of --memory if that is less"
 
 
@@ -382,9 +382,9 @@ def prefetch_depths() -> dict:
 
 def test_prefetch_ramps_up_by_doubling():
     d = prefetch_depths()
-    assert d["depths"][-1] == const("readpath.PREFETCH_FILES")
+    assert d["depths"][-1] == const("readpolicy.PREFETCH_FILES")
     assert all(
-        b == min(2 * a, const("readpath.PREFETCH_FILES")) for a, b in zip(d["depths"], d["depths"][1:], strict=False)
+        b == min(2 * a, const("readpolicy.PREFETCH_FILES")) for a, b in zip(d["depths"], d["depths"][1:], strict=False)
     )
     assert d["gaps"] == list(range(1, d["gaps"][-1] + 1))
 
@@ -543,26 +543,26 @@ PROSE = [
     ),
     (r"\((\d+) attempts in all at each provider\)", c("store.ATTEMPTS")),
     (r"(\d+) attempts in all at each provider\.", c("store.ATTEMPTS")),
-    (r"once (\d+) small files in a row", c("readpath.HEADER_STREAK")),
+    (r"once (\d+) small files in a row", c("readpolicy.HEADER_STREAK")),
     (
         r"within the first (\d+) KiB of a small file over (\d+) KiB fetches only those (\d+) KiB",
-        lambda: (const("readpath.HEAD") / 1024,) * 3,
+        lambda: (const("readpolicy.HEAD") / 1024,) * 3,
     ),
     (r"each open 1 to (\d+) places after the last", lambda: prefetch_depths()["gaps"][-1]),
     (
         r"(\d+) at first, doubling up to (\d+) files ahead",
-        lambda: (prefetch_depths()["depths"][0], const("readpath.PREFETCH_FILES")),
+        lambda: (prefetch_depths()["depths"][0], const("readpolicy.PREFETCH_FILES")),
     ),
-    (r"at most (\d+) MiB in flight", lambda: const("readpath.PREFETCH_BUDGET") / (1 << 20)),
-    (r"once (\d+) files of one directory were opened out of order", c("readpath.SCATTERED")),
-    (r"in the background, (\d+) files per open", c("readpath.WARM_PER_OPEN")),
-    (r"reads (\d+) MiB in order gets readahead", lambda: const("readpath.READAHEAD_AFTER") / (1 << 20)),
-    (r"start within (\d+) MiB of where the last one ended", lambda: const("readpath.REORDER") / (1 << 20)),
+    (r"at most (\d+) MiB in flight", lambda: const("readpolicy.PREFETCH_BUDGET") / (1 << 20)),
+    (r"once (\d+) files of one directory were opened out of order", c("readpolicy.SCATTERED")),
+    (r"in the background, (\d+) files per open", c("readpolicy.WARM_PER_OPEN")),
+    (r"reads (\d+) MiB in order gets readahead", lambda: const("readpolicy.READAHEAD_AFTER") / (1 << 20)),
+    (r"start within (\d+) MiB of where the last one ended", lambda: const("readpolicy.REORDER") / (1 << 20)),
     (
         r"starts at (\d+) MiB and doubles up to (\d+) MiB",
-        lambda: (const("readpath.FIRST_WINDOW") / (1 << 20), const("readpath.MAX_WINDOW") / (1 << 20)),
+        lambda: (const("readpolicy.FIRST_WINDOW") / (1 << 20), const("readpolicy.MAX_WINDOW") / (1 << 20)),
     ),
-    (r"parallel GETs of at most (\d+) MiB", lambda: const("readpath.MAX_GET") / (1 << 20)),
+    (r"parallel GETs of at most (\d+) MiB", lambda: const("store.MAX_GET") / (1 << 20)),
     (r"within `--memory` \(default (\d+) MiB\)", lambda: const("readpath.MEMORY") / (1 << 20)),
     (r"At most ([\d,]+) listed files are held", c("listing.HELD_FILES")),
     (r"down to (\d+) % of that bound", lambda: const("listing.SHRINK_TO") * 100),
