@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from idcfs.readpath import HEAD
+from idcfs.readpolicy import HEAD
 
 from .harness import MOUNTS, REPO, drop_caches, origin, origin_dir, s5cmd, series_of, summary
 

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from idcfs.readpath import HEAD
+from idcfs.readpolicy import HEAD
 
 from .harness import CLOSED, REPO, origin, series_of
 from .headers import ranged_gets

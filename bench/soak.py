@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
 
     from idcfs.cache import parse_size
-    from idcfs.readpath import PREFETCH_BUDGET, STORE_BACKLOG
+    from idcfs.readpath import STORE_BACKLOG
+    from idcfs.readpolicy import PREFETCH_BUDGET
 
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     if args.rss_bound_mb is None:  # the daemon at rest plus what its read path may hold by design

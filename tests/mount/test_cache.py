@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from idcfs.readpath import PREFETCH_FILES
+from idcfs.readpolicy import PREFETCH_FILES
 from idcfs.testing.faultproxy import FaultProxy
 from idcfs.testing.sandbox import Sandbox, sha256_file
 
@@ -333,7 +333,7 @@ def test_small_instance_is_one_get_and_series_is_prefetched(mount, sandbox):
 def test_header_scan_fetches_heads_then_whole_reads_are_exact(mount, sandbox):
     import pydicom
 
-    from idcfs.readpath import HEAD
+    from idcfs.readpolicy import HEAD
 
     mnt = mount()
     uuid = by_modality(sandbox, "CT")["crdc_series_uuid"]
