@@ -410,8 +410,13 @@ class CacheDir:
         return not self._as_file(size) or self.files.has(series_uuid, name)
 
     def whole(self, series_uuid: str, name: str, size: int) -> bytes | None:
-        """A small instance's bytes from the instance files, checked; None if not there or damaged."""
-        return self.files.get(series_uuid, name, size) if self._as_file(size) else None
+        """A small instance's bytes, checked; None if not there or damaged. From its instance file, or from
+        the blocks where instance files are off (a file system without user xattrs): put() kept it there."""
+        if self._as_file(size):
+            return self.files.get(series_uuid, name, size)
+        if size <= WHOLE_FILE and self.blocks is not None:
+            return self.blocks.get(block_key(series_uuid, name, block_size(size), 0), size)
+        return None
 
     def open_whole(self, series_uuid: str, name: str, size: int, quick: bool = False) -> int | None:
         """A read-only descriptor of a small instance's file, once checked; None if not there or damaged.

@@ -75,3 +75,19 @@ def test_instance_files_and_blocks_share_one_lru_order(tmp_path):
     assert lost[0] == [i < n_files for i in range(40)] and lost[1] == [i < n_blocks for i in range(40)]
     assert abs(n_files - n_blocks) <= 1 and n_files > 0
     cache.close()
+
+
+def test_small_instances_are_kept_as_blocks_where_instance_files_are_off(tmp_path):
+    """A file system without user xattrs turns instance files off: a small instance is then stored as one
+    block, and served from there, checked (it was written and never read back)."""
+    from idcfs.cache import CacheDir, block_size
+
+    cache = CacheDir(tmp_path / "cache", 64 << 20)
+    cache.files.usable = False  # as InstanceCache does on ENOTSUP
+    data = bytes(range(256)) * 40
+    cache.put("s", "a.dcm", len(data), block_size(len(data)), 0, data)
+    assert cache.has("s", "a.dcm", len(data)) and not cache.has_whole("s", "a.dcm", len(data))
+    assert cache.may_hold("s", "a.dcm", len(data))
+    assert bytes(cache.whole("s", "a.dcm", len(data))) == data
+    assert cache.whole("s", "b.dcm", len(data)) is None and cache.open_whole("s", "a.dcm", len(data)) is None
+    cache.close()
