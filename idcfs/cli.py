@@ -20,6 +20,7 @@ from .errors import UsageError, as_flag, as_keyword
 from .options import (
     DEFAULT_CACHE_SIZE,
     PASSTHROUGH,
+    REPEATED,
     SELECTION_OPTIONS,
     SOURCES,
     Options,
@@ -80,23 +81,20 @@ def _add_selection_flags(p: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
+def _selection_given(args) -> dict:
+    """The selection flags as Options fields (--collection, repeated, gives collections)."""
+    return {name: getattr(args, REPEATED.get(name, name)) for name in SELECTION_OPTIONS}
+
+
 def _has_selection(args) -> bool:
-    given = (args.manifest, args.filter, args.idc_version)
-    return any(v is not None for v in given) or bool(args.collection or args.license)
+    return any(v is not None and v != [] for v in _selection_given(args).values())
 
 
 def _options(args, *names: str, create_cache_dir: bool = True) -> Options:
     """The Options of a command: the selection flags, and `names` (other Options fields) where the command
     has them. Endpoints not given are taken from IDCFS_S3_ENDPOINT/IDCFS_GCS_ENDPOINT."""
     spell = as_keyword if getattr(args, "terms", "flags") == "keywords" else as_flag
-    given = {
-        "filter": args.filter,
-        "manifest": args.manifest,
-        "collections": tuple(args.collection),
-        "licenses": tuple(args.license),
-        "idc_version": args.idc_version,
-    }
-    given |= {name: getattr(args, name) for name in names}
+    given = _selection_given(args) | {name: getattr(args, name) for name in names}
     return Options.make(spell, allowed=(*SELECTION_OPTIONS, *names), create_cache_dir=create_cache_dir, **given)
 
 
