@@ -4,8 +4,9 @@ blocks/ and meta/ are diskcache caches (SQLite plus files), files/ is plain file
 share between threads, processes and concurrent mounts of one cache directory.
 
 - files/: whole instances up to WHOLE_FILE bytes (most CT and MR), one plain file
-  each, checked against a digest in an extended attribute (instancecache.py).
-- blocks/: blocks of larger instance files, and heads, capped in size together
+  each, and the heads a header scan read of them, checked against a digest in an
+  extended attribute (instancecache.py).
+- blocks/: blocks of larger instance files, capped in size together
   with files/ and evicted least recently used. Keys name content, not location
   (`<series uuid>/<file>@<block>`), so a block read from AWS also serves a GCS mount. Each value is the block followed
   by an XXH3-128 digest of key and block: a torn, truncated, rotten or swapped
@@ -33,7 +34,7 @@ import diskcache
 import xxhash
 
 from . import treecache
-from .instancecache import InstanceCache
+from .instancecache import HEAD_SUFFIX, InstanceCache
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,34 @@ class CacheDir:
         a whole small instance as a file of its own, anything else as blocks."""
         if first == 0 and len(data) == size and self._as_file(size):
             self.files.put(series_uuid, name, data)
+            self.files.discard(series_uuid, name + HEAD_SUFFIX)  # the whole serves the head now
         else:
             self.blocks.put_blocks(series_uuid, name, bs, first, data)
+
+    def put_head(self, series_uuid: str, name: str, size: int, data) -> None:
+        """Store the first bytes of a small instance (what a header scan reads): a file beside the instances,
+        or a block where instance files are off."""
+        if self._as_file(size):
+            self.files.put(series_uuid, name + HEAD_SUFFIX, data, sync=False)
+        else:
+            self.blocks.put(block_key(series_uuid, name, len(data), 0), data)
+
+    def may_hold_head(self, series_uuid: str, name: str, size: int) -> bool:
+        """False if neither the head nor the whole of a small instance is cached, known without a database
+        query (two stats at most)."""
+        if not self._as_file(size):
+            return True
+        return self.files.has(series_uuid, name + HEAD_SUFFIX) or self.files.has(series_uuid, name)
+
+    def head(self, series_uuid: str, name: str, size: int, length: int) -> bytes | memoryview | None:
+        """The first `length` bytes of a small instance, checked: from its head, or from the whole file."""
+        if self._as_file(size):
+            data = self.files.get(series_uuid, name + HEAD_SUFFIX, length)
+        else:
+            data = self.blocks.get(block_key(series_uuid, name, length, 0), length)
+        if data is None and (whole := self.whole(series_uuid, name, size)) is not None:
+            data = bytes(whole[:length])  # a copy: a view would keep the whole file in memory for the head
+        return data
 
     def has(self, series_uuid: str, name: str, size: int) -> bool:
         """The whole file is cached."""
@@ -448,6 +475,7 @@ class CacheDir:
             "size_bytes": (b.volume() + f.volume()) if b is not None else 0,
             "size_limit_bytes": b.size_limit if b is not None else 0,
             "instance_files": len(f) if f is not None else 0,
+            "head_files": f.heads() if f is not None else 0,
             "blocks": len(b) if b is not None else 0,
             "block_size_bytes": BLOCK_SIZE,
             "series_listed": self.meta.listings(),

@@ -54,6 +54,8 @@ class Engine:
         self.background.start_soon(self._flush_counters_every, 10.0)
 
     def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
         self.flush_counters()
         if self.cache is not None:
             self.cache.close()

@@ -1,5 +1,9 @@
 """The warm tier: whole instances as plain files, `files/<crdc_series_uuid>/<file name>`, no database.
 
+A header scan's heads (the first 64 KiB of a small instance) are files of this tier too, named
+`<file name>.head`, under the same checks, cap and LRU order. They are not fsynced: a head torn by a power
+loss fails its check like any damaged entry, and is fetched again.
+
 An instance up to WHOLE_FILE bytes (most CT and MR) is kept as one file holding exactly its bytes, so a
 cached read is an open() and a read(), with no SQLite query; the same file can back FUSE passthrough, or be
 handed to a DataLoader worker as is. Larger files (slides) stay in the block cache.
@@ -51,6 +55,7 @@ STALE_TMP_SECONDS = 600.0
 # A claim older than this was left by a process that died or stalled: another process takes it over.
 CLAIM_STALE_SECONDS = 10.0
 _TMP = ".tmp."
+HEAD_SUFFIX = ".head"  # "<file name>.head": the head of an instance (no instance name ends so)
 
 
 def digest(key: str, data) -> bytes:
@@ -233,8 +238,8 @@ class InstanceCache:
 
     # -- the write side
 
-    def put(self, series_uuid: str, name: str, data) -> None:
-        """Store a whole instance atomically: temporary file, digest, fsync, rename."""
+    def put(self, series_uuid: str, name: str, data, sync: bool = True) -> None:
+        """Store an entry atomically: temporary file, digest, fsync (if `sync`), rename."""
         if not self.usable:
             return
         key = f"{series_uuid}/{name}"
@@ -248,7 +253,8 @@ class InstanceCache:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.setxattr(fd, XATTR, digest(key, data))
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
                 ino = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
@@ -267,6 +273,15 @@ class InstanceCache:
             over = self._volume + self._blocks_seen > self.size_limit
         if over:  # in this writer's thread, off the read path: the cap is not overshot until the next upkeep
             self.evict()
+
+    def discard(self, series_uuid: str, name: str) -> None:
+        """Delete an entry this process knows of (no syscall for one it does not)."""
+        key = f"{series_uuid}/{name}"
+        if key in self._present:
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self._root}/{key}")
+            self._present.discard(key)
+            self._checked_files.pop(key, None)
 
     # -- upkeep, in the background
 
@@ -381,8 +396,13 @@ class InstanceCache:
         return self._volume
 
     def __len__(self) -> int:
+        """Instances held (heads are not counted)."""
         self.volume()
-        return len(self._present)
+        return sum(not key.endswith(HEAD_SUFFIX) for key in self._present)
+
+    def heads(self) -> int:
+        self.volume()
+        return sum(key.endswith(HEAD_SUFFIX) for key in self._present)
 
     def clear(self) -> int:
         entries, _ = self._scan()

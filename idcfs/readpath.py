@@ -29,6 +29,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import threading
 from collections import OrderedDict
 
 import trio
@@ -143,6 +144,7 @@ class Reader:
         self.background: Background | None = None  # set by attach(); background GETs and cache writes run there
         self._flights: dict[str, _Flight] = {}
         self._unstored = 0  # bytes fetched and not yet written to the disk cache
+        self._unstored_lock = threading.Lock()  # writer threads take theirs off
         # counters
         self.get_requests = 0
         self.bytes_fetched = 0
@@ -345,23 +347,28 @@ class Reader:
         return None
 
     def _store_later(
-        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False
+        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False, head=False
     ) -> bool:
-        """Store data in the background; True if it will be (the store then releases the claim)."""
+        """Store data in a writer thread; True if it will be (the store then releases the claim)."""
         if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
             return False
-        self._unstored += len(data)
-        self.background.start_soon(self._store, uuid, name, size, bs, first, data, claimed)
+        with self._unstored_lock:
+            self._unstored += len(data)
+        self.background.in_thread(self._store, uuid, name, size, bs, first, data, claimed, head)
         return True
 
-    async def _store(
-        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False
+    def _store(
+        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool, head: bool
     ) -> None:
         try:
             failpoint("store")
-            await trio.to_thread.run_sync(self.cache.put, uuid, name, size, bs, first, data, limiter=self.disk)
+            if head:
+                self.cache.put_head(uuid, name, size, data)
+            else:
+                self.cache.put(uuid, name, size, bs, first, data)
         finally:
-            self._unstored -= len(data)
+            with self._unstored_lock:
+                self._unstored -= len(data)
             if claimed:
                 self.cache.release_whole(uuid, name, size)
 
@@ -384,30 +391,24 @@ class Reader:
             failpoint("head")
             with flight.recording_failure():
                 data = None
-                if self.cache is not None:
-                    data = await trio.to_thread.run_sync(self._head_from_disk, f, k, limiter=self.disk)
+                uuid = f.series.crdc_series_uuid
+                # A head never cached is known without a thread hop (a stat or two), and fetched at once.
+                if self.cache is not None and self.cache.may_hold_head(uuid, f.name, f.size):
+                    data = await trio.to_thread.run_sync(self.cache.head, uuid, f.name, f.size, HEAD, limiter=self.disk)
                 if data is not None:
                     self.hits += 1
                 else:
-                    bucket, uuid = f.series.aws_bucket, f.series.crdc_series_uuid
                     async with limiter:
-                        data = await self.store.aread(bucket, f.key, 0, HEAD, f.size)
+                        data = await self.store.aread(f.series.aws_bucket, f.key, 0, HEAD, f.size)
                     self.get_requests += 1
                     self.bytes_fetched += len(data)
                     self.misses += 1
-                    self._store_later(uuid, f.name, f.size, HEAD, 0, data)
+                    self._store_later(uuid, f.name, f.size, HEAD, 0, data, head=True)
                 flight.blocks[0] = data
                 self.memory.put(k, data)
         finally:
             self._forget(k, flight)
             flight.done.set()
-
-    def _head_from_disk(self, f: InstanceFile, k: str) -> memoryview | None:
-        """The head, or the head of the whole file if that is cached instead."""
-        data = self.cache.blocks.get(k, HEAD)
-        if data is None and (data := self.cache.whole(f.series.crdc_series_uuid, f.name, f.size)) is not None:
-            data = data[:HEAD]
-        return data
 
     # -- open and close
 

@@ -88,7 +88,7 @@ def test_corrupt_blocks_are_dropped_and_refetched(mount, sandbox, tmp_path):
 
 
 def instance_files(cache: Path) -> list[Path]:
-    return sorted(p for p in (cache / "files").glob("*/*") if not p.name.startswith("."))
+    return sorted(p for p in (cache / "files").glob("*/*") if not p.name.startswith(".") and p.suffix != ".head")
 
 
 def test_damaged_instance_files_are_dropped_and_refetched(mount, sandbox, tmp_path):
@@ -354,6 +354,43 @@ def test_header_scan_fetches_heads_then_whole_reads_are_exact(mount, sandbox):
 
 
 PREFETCH_BURST = 10  # files opened or prefetched whole before the scan is recognised
+
+
+def test_heads_persist_and_damaged_heads_are_refetched(mount, sandbox, tmp_path):
+    """A header scan keeps its heads in the cache directory: a remount with both origins stopped scans
+    again from them; a damaged head is caught, refetched and never served."""
+    import pydicom
+
+    cache = tmp_path / "cache"
+    uuid = by_modality(sandbox, "CT")["crdc_series_uuid"]
+    origin = {p.name: p for p in (Path(sandbox.data_dir) / "gcs").glob(f"*/{uuid}/*.dcm")}
+
+    def scan(mnt) -> None:
+        for p in sorted(series_dir(mnt, uuid, sandbox).iterdir()):
+            assert pydicom.dcmread(p, stop_before_pixels=True) == pydicom.dcmread(
+                origin[p.name], stop_before_pixels=True
+            )
+
+    with FaultProxy(sandbox.s3_endpoint) as s3, FaultProxy(sandbox.gcs_endpoint) as gcs:
+        mnt = mount(cache_dir=cache, s3_endpoint=s3.url, gcs_endpoint=gcs.url)
+        scan(mnt)
+        unmount(mnt)
+    heads = sorted((cache / "files" / uuid).glob("*.head"))
+    assert len(heads) >= len(origin) - PREFETCH_BURST
+    mnt = mount(cache_dir=cache, s3_endpoint=s3.url, gcs_endpoint=gcs.url)  # both origins gone
+    scan(mnt)
+    s = mount_stats(mnt)
+    assert (s["get_requests"], s["origin_errors"], s["corrupt_blocks"]) == (0, 0, 0) and s["hits"] >= len(heads), s
+    unmount(mnt)
+    for p in heads[:5]:
+        data = p.read_bytes()
+        with open(p, "r+b") as f:
+            f.seek(200)
+            f.write(bytes([data[200] ^ 0xFF]))
+    mnt = mount(cache_dir=cache)
+    scan(mnt)
+    s = mount_stats(mnt)
+    assert s["corrupt_blocks"] == 5 and 5 <= s["get_requests"] <= 8, s
 
 
 def test_prefetch_selection_then_mount_offline(sandbox, mount, tmp_path):

@@ -91,3 +91,31 @@ def test_small_instances_are_kept_as_blocks_where_instance_files_are_off(tmp_pat
     assert bytes(cache.whole("s", "a.dcm", len(data))) == data
     assert cache.whole("s", "b.dcm", len(data)) is None and cache.open_whole("s", "a.dcm", len(data)) is None
     cache.close()
+
+
+def test_heads_are_checked_files_beside_the_instances(tmp_path):
+    """A header scan's heads: a file each, `<name>.head`, checked like an instance; the whole file replaces it."""
+    from idcfs.readpolicy import HEAD
+
+    cache = CacheDir(tmp_path / "cache", 64 << 20)
+    data = os.urandom(200_000)
+    size, head = len(data), data[:HEAD]
+    assert not cache.may_hold_head("s", "a.dcm", size) and cache.head("s", "a.dcm", size, HEAD) is None
+    cache.put_head("s", "a.dcm", size, head)
+    path = tmp_path / "cache" / "files" / "s" / "a.dcm.head"
+    assert path.read_bytes() == head and cache.may_hold_head("s", "a.dcm", size)
+    assert bytes(cache.head("s", "a.dcm", size, HEAD)) == head
+    assert not cache.has("s", "a.dcm", size) and cache.whole("s", "a.dcm", size) is None  # a head is no instance
+    stats = cache.stats()
+    assert (stats["instance_files"], stats["head_files"]) == (0, 1), stats
+    with open(path, "r+b") as f:  # one byte flipped in place: never served, deleted, counted
+        f.seek(100)
+        f.write(bytes([head[100] ^ 1]))
+    assert cache.head("s", "a.dcm", size, HEAD) is None and not path.exists() and cache.corrupt == 1
+    cache.put_head("s", "a.dcm", size, head)
+    cache.put("s", "a.dcm", size, size, 0, data)  # the whole instance: it serves the head from now on
+    assert not path.exists() and bytes(cache.head("s", "a.dcm", size, HEAD)) == head
+    cache.files.usable = False  # instance files off (no user xattrs): heads go to the block cache
+    cache.put_head("s", "b.dcm", size, head)
+    assert cache.may_hold_head("s", "b.dcm", size) and bytes(cache.head("s", "b.dcm", size, HEAD)) == head
+    cache.close()
