@@ -120,10 +120,10 @@ class Engine:
             node = found
         return node
 
-    def resolve_known(self, parts: list[str]) -> Node | None:
-        """resolve() from memory alone, None where that would need a LIST (or the path is not there). It only
-        reads, so any thread may call it: idc:// resolves cached files in the caller's thread."""
-        node: Node = 0
+    def resolve_known(self, parts: list[str], node: Node = 0) -> Node | None:
+        """resolve() from memory alone (from `node` on), None where that would need a LIST (or the path is
+        not there). It only reads, so any thread may call it: idc:// resolves cached files in the caller's
+        thread."""
         for name in parts:
             if isinstance(node, InstanceFile):
                 return None

@@ -53,6 +53,7 @@ class _Loop:
         self._error: BaseException | None = None
         self._closed = False
         self._files: dict[str, InstanceFile] = {}  # path -> file, for known_file()
+        self._dirs: dict[str, int] = {}  # directory path -> its id, for known_file()
         self._opened: collections.deque[InstanceFile] = collections.deque()
         self._noting = False
         started = threading.Event()
@@ -105,7 +106,18 @@ class _Loop:
         """The listed instance file at path, from memory, in the caller's thread; None if that needs the engine."""
         f = self._files.get(path)
         if f is None:
-            f = self.engine.resolve_known(parts)
+            # A fresh process (a DataLoader worker, each epoch) meets each path once: its directory, shared
+            # by a series' files, is resolved once, not once per file.
+            directory = path.rpartition("/")[0]
+            dir_id = self._dirs.get(directory)
+            if dir_id is None:
+                dir_id = self.engine.resolve_known(parts[:-1])
+                if not isinstance(dir_id, int) or not parts:
+                    return None
+                if len(self._dirs) >= KNOWN_PATHS:
+                    self._dirs.clear()
+                self._dirs[directory] = dir_id
+            f = self.engine.resolve_known(parts[-1:], dir_id)
             if not isinstance(f, InstanceFile):
                 return None
             if len(self._files) >= KNOWN_PATHS:

@@ -123,6 +123,13 @@ def test_cached_instances_open_as_local_file_objects(sandbox, tmp_path):
             assert isinstance(f, LocalFile)
     time.sleep(0.5)
     assert fresh.stats()["hits"] == len(small) and fresh.stats()["get_requests"] == 0
+    # Paths resolve by their directory, known once per process: other spellings of it, and names not in it.
+    directory, name = small[1].rsplit("/", 1)
+    for spelling in (f"idc://{small[1]}", f"/{directory}//{name}", f"{directory}/{name}/"):
+        with fresh.open(spelling) as f:
+            assert hashlib.sha256(f.read()).hexdigest() == origin[_key(fs, small[1])], spelling
+    with pytest.raises(FileNotFoundError):
+        fresh.open(f"{directory}/no-such-instance.dcm")
     # A damaged entry is not handed out: the open goes through the engine, which refetches it.
     victim = tmp_path / "cache" / "files" / _key(fs, small[0])
     victim.write_bytes(victim.read_bytes()[:-1] + b"!")
