@@ -149,25 +149,63 @@ class _Degradable:
         log.warning("cache %s failed (%s); reads go on uncached", what, err)
 
 
-class BlockCache(_Degradable):
+class _Lazy(_Degradable):
+    """A store whose diskcache handles may be opened on first use: opening one writes its settings (a dozen
+    SQLite writes, about 3 ms), which a forked reader of cached instance files (a DataLoader worker, each
+    epoch) need not pay before its first read."""
+
+    def __init__(self, lazy: bool):
+        self._handles: tuple | None = None
+        self._opening = threading.Lock()
+        if not lazy:
+            self._open()
+
+    def _open(self) -> tuple:
+        if self._handles is None:
+            with self._opening:
+                if self._handles is None:
+                    self._handles = self._make()
+        return self._handles
+
+    def _make(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        return self._open()[0]
+
+    @property
+    def opened(self) -> bool:
+        return self._handles is not None
+
+
+class BlockCache(_Lazy):
     @_gated
-    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE):
+    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE, lazy: bool = False):
         self.directory = Path(directory)
         self.size_limit = size_limit
         self.corrupt = 0
-        self._cache = diskcache.Cache(
+        self._touched: list[str] = []
+        super().__init__(lazy)
+
+    def _make(self) -> tuple:
+        cache = diskcache.Cache(
             str(self.directory),
             timeout=5,
-            size_limit=size_limit,
+            size_limit=self.size_limit,
             eviction_policy="least-recently-used",
             cull_limit=16,
         )
         # diskcache's LRU get() holds a write transaction while it reads the value file, which
         # serializes all readers on SQLite's lock. Reads go through a second handle that skips
         # that update, and the access times LRU eviction orders by are set in batches (touch()).
-        self._reader = diskcache.Cache(str(self.directory), timeout=5)
-        self._reader.eviction_policy = "least-recently-stored"
-        self._touched: list[str] = []
+        reader = diskcache.Cache(str(self.directory), timeout=5)
+        reader.eviction_policy = "least-recently-stored"
+        return cache, reader
+
+    @property
+    def _reader(self) -> diskcache.Cache:
+        return self._open()[1]
 
     @_gated
     def get(self, key: str, length: int) -> memoryview | None:
@@ -272,25 +310,30 @@ class BlockCache(_Degradable):
     @_gated
     def close(self) -> None:
         self.touch()
-        self._reader.close()
-        self._cache.close()
+        for handle in self._handles or ():
+            handle.close()
 
 
-class MetaCache(_Degradable):
+class MetaCache(_Lazy):
     """Series listings and lifetime counters."""
 
     @_gated
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, lazy: bool = False):
+        self.directory = Path(directory)
+        super().__init__(lazy)
+
+    def _make(self) -> tuple:
         # Small SQLite caches and no mmap: each thread has its own connection, and with diskcache's defaults
         # (a 32 MB page cache, 64 MB mapped) reading many listings grew a mount by 200 MB.
-        self._cache = diskcache.Cache(
-            str(directory),
+        cache = diskcache.Cache(
+            str(self.directory),
             timeout=5,
             eviction_policy="none",
             size_limit=1 << 62,
             sqlite_cache_size=256,
             sqlite_mmap_size=0,
         )
+        return (cache,)
 
     @_gated
     def listing(self, series_uuid: str) -> list[tuple] | None:
@@ -321,9 +364,12 @@ class MetaCache(_Degradable):
 
     @_gated
     def add_counters(self, deltas: dict[str, int]) -> None:
+        deltas = {name: delta for name, delta in deltas.items() if delta}
+        if not deltas:
+            return
         try:
-            for name, delta in deltas.items():
-                if delta:
+            with self._cache.transact():  # one write transaction, not one per counter
+                for name, delta in deltas.items():
                     self._cache.incr("count:" + name, delta)
         except _DB_ERRORS as e:
             self.warn_once("write", e)
@@ -356,22 +402,25 @@ class MetaCache(_Degradable):
 
     @_gated
     def close(self) -> None:
-        self._cache.close()
+        if self.opened:
+            self._cache.close()
 
 
 class CacheDir:
     """The cache directory of a mount (or of `idcfs cache` / `idcfs prefetch`)."""
 
-    def __init__(self, root: Path, size_limit: int | None = None, blocks: bool = True):
+    def __init__(self, root: Path, size_limit: int | None = None, blocks: bool = True, lazy: bool = False):
+        """lazy: open the SQLite stores on first use (a damaged one is then found late, not here)."""
         self.root = Path(root)
         self.blocks: BlockCache | None = None
         self.files: InstanceCache | None = None
         if blocks:  # without a size, keep the cap the last mount set
             path = self.root / "blocks"
-            self.blocks = BlockCache(path, size_limit if size_limit is not None else _stored_size_limit(path))
+            limit = size_limit if size_limit is not None else _stored_size_limit(path)
+            self.blocks = BlockCache(path, limit, lazy=lazy)
             # One cap and one least-recently-used order for both (InstanceCache.evict).
             self.files = InstanceCache(self.root / "files", self.blocks.size_limit, self.blocks, self.blocks.warn_once)
-        self.meta = MetaCache(self.root / "meta")
+        self.meta = MetaCache(self.root / "meta", lazy=lazy)
 
     def _as_file(self, size: int) -> bool:
         return size <= WHOLE_FILE and self.files is not None and self.files.usable

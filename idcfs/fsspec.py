@@ -231,8 +231,10 @@ class IdcFileSystem(AbstractFileSystem):
         parent = _inherited.get(self._options)
         if parent is not None and parent.engine is not None:
             # A forked worker reuses the parent's tree (copy-on-write), not its threads, and the paths the
-            # parent listed resolve with no hop.
-            return build_engine(self._options, parent.engine.ns).adopting(parent.engine)
+            # parent listed resolve with no hop. The parent opened the cache directory's stores, so they are
+            # sound: the worker opens them when it needs them, not before its first read.
+            cache = self._options.cache(lazy=True)
+            return build_engine(self._options, parent.engine.ns, cache=cache).adopting(parent.engine)
         return build_engine(self._options)
 
     def _loop(self) -> _Loop:

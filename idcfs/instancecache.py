@@ -293,6 +293,8 @@ class InstanceCache:
         for key in dict.fromkeys(keys):
             with contextlib.suppress(OSError):
                 os.utime(self.root / key)
+        if final and not self._written_since_scan and not getattr(self.blocks, "opened", False):
+            return  # this process only read instance files: it cannot have put the cache over its cap
         now = time.monotonic()
         over = self._volume + self._blocks_footprint() > self.size_limit
         stale = self._written_since_scan and now - self._scanned_at > RESCAN_SECONDS

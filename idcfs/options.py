@@ -266,11 +266,11 @@ class Options:
         drop_credentials()
         return ObjectStore(self.source, self.s3_endpoint, self.gcs_endpoint, timeout=self.timeout)
 
-    def cache(self) -> CacheDir:
-        """The cache directory; a cache_size of 0 keeps listings only."""
+    def cache(self, lazy: bool = False) -> CacheDir:
+        """The cache directory; a cache_size of 0 keeps listings only. lazy: see CacheDir."""
         from .cache import CacheDir
 
-        return CacheDir(self.cache_dir, self.cache_size or None, blocks=self.cache_size != 0)
+        return CacheDir(self.cache_dir, self.cache_size or None, blocks=self.cache_size != 0, lazy=lazy)
 
     def to_argv(self) -> list[str]:
         """The `idcfs mount` flags that give these options (the defaults left out)."""

@@ -189,7 +189,15 @@ class Reader:
         extra = self.readahead.read(of, offset, end, functools.partial(self._known, f))
         bs = block_size(f.size)
         b0, b1 = offset // bs, (end - 1) // bs + 1
-        blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
+        try:
+            blocks = await self._blocks(f, range(b0, b1), extra, self.limiter)
+        except StoreError:
+            # The whole small file could not be fetched: a read within its head is served from a cached head
+            # (an offline mount's header scan, say), but makes no GET of its own: the error stands.
+            if not (end <= HEAD < f.size <= WHOLE_FILE and self._head_at_hand(f)):
+                raise
+            self.bytes_read += end - offset
+            return memoryview(await self._head(f, self.limiter))[offset:end]
         self.bytes_read += end - offset
         first, last = memoryview(blocks[0]), memoryview(blocks[-1])
         if len(blocks) == 1:
@@ -232,6 +240,12 @@ class Reader:
                 self.memory_hits += 1
             out.append(got)
         return out
+
+    def _head_at_hand(self, f: InstanceFile) -> bool:
+        uuid = f.series.crdc_series_uuid
+        return block_key(uuid, f.name, HEAD, 0) in self.memory or (
+            self.cache is not None and self.cache.may_hold_head(uuid, f.name, f.size)
+        )
 
     def _known(self, f: InstanceFile, i: int) -> bool:
         """Block i was fetched or is being fetched lately."""

@@ -380,14 +380,17 @@ def test_heads_persist_and_damaged_heads_are_refetched(mount, sandbox, tmp_path)
     mnt = mount(cache_dir=cache, s3_endpoint=s3.url, gcs_endpoint=gcs.url)  # both origins gone
     scan(mnt)
     s = mount_stats(mnt)
-    assert (s["get_requests"], s["origin_errors"], s["corrupt_blocks"]) == (0, 0, 0) and s["hits"] >= len(heads), s
+    # (The series prefetch may still try whole files the first scan had only the heads of: origin_errors.)
+    assert (s["get_requests"], s["corrupt_blocks"]) == (0, 0) and s["hits"] >= len(heads), s
     unmount(mnt)
     for p in heads[:5]:
         data = p.read_bytes()
         with open(p, "r+b") as f:
             f.seek(200)
             f.write(bytes([data[200] ^ 0xFF]))
-    mnt = mount(cache_dir=cache)
+    # Passthrough off: files opened through it show the daemon no reads, so the scan would be recognised
+    # later, and files fetched whole before it (without reading the damaged heads).
+    mnt = mount("--passthrough", "off", cache_dir=cache)
     scan(mnt)
     s = mount_stats(mnt)
     assert s["corrupt_blocks"] == 5 and 5 <= s["get_requests"] <= 8, s
