@@ -69,11 +69,16 @@ class Background:
     def start_soon(self, fn, *args) -> None:
         self.nursery.start_soon(self._guarded, fn, args, name=getattr(fn, "__qualname__", repr(fn)))
 
-    def in_thread(self, fn, *args) -> None:
-        """Call blocking fn(*args) in a worker thread; nothing waits for it but close()."""
+    def in_thread(self, fn, *args) -> bool:
+        """Call blocking fn(*args) in a worker thread; nothing waits for it but close(). False if it was not
+        started: the process is shutting down."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="idcfs-write")
-        self._threads.submit(self._guarded_call, fn, args)
+        try:
+            self._threads.submit(self._guarded_call, fn, args)
+        except RuntimeError:  # after close(), or at interpreter exit (concurrent.futures refuses new work)
+            return False
+        return True
 
     def close(self) -> None:
         """Wait for the blocking calls queued (cache writes of bytes already fetched: at most the backlog)."""

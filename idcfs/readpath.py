@@ -361,15 +361,26 @@ class Reader:
         return None
 
     def _store_later(
-        self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool = False, head=False
+        self,
+        uuid: str,
+        name: str,
+        size: int,
+        bs: int,
+        first: int,
+        data: bytes,
+        claimed: bool = False,
+        head: bool = False,
     ) -> bool:
         """Store data in a writer thread; True if it will be (the store then releases the claim)."""
         if self.cache is None or self._unstored + len(data) > STORE_BACKLOG:
             return False
         with self._unstored_lock:
             self._unstored += len(data)
-        self.background.in_thread(self._store, uuid, name, size, bs, first, data, claimed, head)
-        return True
+        if self.background.in_thread(self._store, uuid, name, size, bs, first, data, claimed, head):
+            return True
+        with self._unstored_lock:
+            self._unstored -= len(data)
+        return False
 
     def _store(
         self, uuid: str, name: str, size: int, bs: int, first: int, data: bytes, claimed: bool, head: bool
