@@ -178,6 +178,10 @@ class _Lazy(_Degradable):
     def opened(self) -> bool:
         return self._handles is not None
 
+    def _close_handles(self) -> None:
+        for handle in self._handles or ():  # none if never opened
+            handle.close()
+
 
 class BlockCache(_Lazy):
     @_gated
@@ -310,8 +314,7 @@ class BlockCache(_Lazy):
     @_gated
     def close(self) -> None:
         self.touch()
-        for handle in self._handles or ():
-            handle.close()
+        self._close_handles()
 
 
 class MetaCache(_Lazy):
@@ -402,8 +405,7 @@ class MetaCache(_Lazy):
 
     @_gated
     def close(self) -> None:
-        if self.opened:
-            self._cache.close()
+        self._close_handles()
 
 
 class CacheDir:
